@@ -1,0 +1,43 @@
+# The verbs a newcomer needs. Every target creates the environment first if it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test bench lint lock sample-data clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+## Score the bundled sample with the sample model into ./output/ and print the run summary.
+run: $(STAMP)
+	$(BIN)/batch-infer run --config configs/ci_smoke.yaml --mode overwrite
+
+## Run the whole test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Speed and memory figures as ratios against bounds measured in the same run.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check batch_infer tests scripts
+	$(BIN)/ruff format --check batch_infer tests scripts
+
+## Re-pin dependencies after editing pyproject.toml (needs uv: pip install uv).
+lock:
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+## Regenerate sample_data/ (deterministic).
+sample-data: $(STAMP)
+	$(BIN)/python scripts/make_sample_data.py
+
+clean:
+	rm -rf $(VENV) output .pytest_cache

@@ -1,0 +1,235 @@
+"""The ``batch-infer`` command: flags -> config -> library call -> rendered report.
+
+Only this module (and the progress adapter) talks to the terminal. Library errors become one
+line on stderr, ``Error: <what> — <how to fix>``, and the exit code of their class.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Score Parquet data with a fitted scikit-learn model and commit the scored data safely.",
+)
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file; env vars and flags override it.")
+]
+InputOpt = Annotated[str | None, typer.Option("--input", "-i", help="Parquet file, directory, glob or URL.")]
+OutputOpt = Annotated[
+    str | None, typer.Option("--output", "-o", help="Output root (local or URL); may use {run_date}.")
+]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="joblib model or Pipeline.")]
+ScalerOpt = Annotated[str | None, typer.Option("--scaler", help="Separate joblib scaler, applied first.")]
+FeaturesOpt = Annotated[
+    str | None, typer.Option("--features", help="Comma-separated feature columns (default: the model's).")
+]
+PartitionOpt = Annotated[
+    str | None, typer.Option("--partition-by", help="Comma-separated columns to hive-partition by.")
+]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Rows per batch read and scored.")]
+ModeOpt = Annotated[
+    str | None, typer.Option("--mode", help="error (default): refuse a committed output; overwrite.")
+]
+RunDateOpt = Annotated[
+    str | None, typer.Option("--run-date", help="Logical date YYYY-MM-DD: predicted_at and {run_date}.")
+]
+VersionOpt = Annotated[
+    str | None, typer.Option("--model-version", help="model_version value (default: sha256[:12]).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no summary; errors only.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
+FormatOpt = Annotated[
+    OutputFormat, typer.Option("--output-format", help="text, or json: the last stdout line is one JSON object.")
+]
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    input: InputOpt = None,
+    output: OutputOpt = None,
+    model: ModelOpt = None,
+    scaler: ScalerOpt = None,
+    features: FeaturesOpt = None,
+    partition_by: PartitionOpt = None,
+    batch_size: BatchOpt = None,
+    mode: ModeOpt = None,
+    run_date: RunDateOpt = None,
+    model_version: VersionOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    output_format: FormatOpt = OutputFormat.text,
+) -> None:
+    """Score Parquet input with a model and commit the scored output (manifest, then _SUCCESS).
+
+    Example: batch-infer run -c configs/nightly.yaml --run-date 2026-01-31
+    """
+    _setup_logging(quiet, verbose)
+    overrides = _overrides(
+        input, output, model, scaler, features, partition_by, batch_size, mode, run_date, model_version
+    )
+    with _errors(verbose):
+        from .progress import LogProgress, NoProgress, RichProgress
+        from .runner import run as run_job
+
+        run_config = _load(config, overrides)
+        if quiet:
+            progress: Any = NoProgress()
+        elif sys.stderr.isatty():
+            progress = RichProgress()
+        else:
+            progress = LogProgress()
+        report = run_job(run_config, progress=progress)
+    _emit(report, output_format, quiet)
+
+
+@app.command()
+def validate(
+    config: ConfigOpt = None,
+    input: InputOpt = None,
+    output: OutputOpt = None,
+    model: ModelOpt = None,
+    scaler: ScalerOpt = None,
+    features: FeaturesOpt = None,
+    partition_by: PartitionOpt = None,
+    mode: ModeOpt = None,
+    run_date: RunDateOpt = None,
+    verbose: VerboseOpt = False,
+    output_format: FormatOpt = OutputFormat.text,
+) -> None:
+    """Check a run without writing: inputs, footers, model, feature columns, output location.
+
+    Example: batch-infer validate -c configs/nightly.yaml --run-date 2026-01-31
+    """
+    _setup_logging(False, verbose)
+    overrides = _overrides(input, output, model, scaler, features, partition_by, None, mode, run_date, None)
+    with _errors(verbose):
+        from .runner import validate as validate_job
+
+        report = validate_job(_load(config, overrides))
+    _emit(report, output_format, quiet=False)
+
+
+@app.command()
+def inspect(
+    path: Annotated[str, typer.Argument(help="A Parquet input (file, directory, glob, URL) or a model file.")],
+    verbose: VerboseOpt = False,
+    output_format: FormatOpt = OutputFormat.text,
+) -> None:
+    """Show a Parquet input's schema, row groups and rows, or a model's type, classes and features.
+
+    Example: batch-infer inspect sample_data/models/pipeline.joblib
+    """
+    _setup_logging(False, verbose)
+    with _errors(verbose):
+        from .inspection import describe
+
+        info = describe(path)
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(info.data, default=str))
+    else:
+        typer.echo(info.text)
+
+
+def _overrides(
+    input: str | None,
+    output: str | None,
+    model: str | None,
+    scaler: str | None,
+    features: str | None,
+    partition_by: str | None,
+    batch_size: int | None,
+    mode: str | None,
+    run_date: str | None,
+    model_version: str | None,
+) -> dict[str, Any]:
+    """Flags as a partial config; unset flags are None and leave lower layers alone."""
+    return {
+        "input": {"path": input, "batch_size": batch_size},
+        "model": {"path": model, "scaler": scaler, "features": features, "version": model_version},
+        "output": {"path": output, "partition_by": partition_by, "mode": mode},
+        "run_date": run_date,
+    }
+
+
+def _load(config_file: Path | None, overrides: dict[str, Any]) -> Any:
+    from .config import load_config
+
+    return load_config(config_file, overrides)
+
+
+def _emit(report: Any, output_format: OutputFormat, quiet: bool) -> None:
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(report.to_dict()))
+    elif not quiet:
+        typer.echo(report.summary())
+
+
+class _errors:
+    """Turn exceptions into one stderr line and an exit code; a traceback only with --verbose."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, typer.Exit | SystemExit):
+            return False
+        from .errors import BatchInferError, first_line
+
+        if self.verbose:
+            traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
+        if isinstance(exc, KeyboardInterrupt):
+            _fail("interrupted; nothing was committed", "rerun the same command", 130)
+        if isinstance(exc, BatchInferError):
+            _fail(exc.what, exc.fix, exc.exit_code)
+        _fail(
+            f"unexpected {type(exc).__name__}: {first_line(exc)}",
+            "rerun with --verbose for the traceback and report it; nothing was committed",
+            1,
+        )
+
+
+def _fail(what: str, fix: str, code: int) -> NoReturn:
+    sys.stderr.write(f"Error: {what} — {fix}\n" if fix else f"Error: {what}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    """Plain lines on stderr; at a terminal the progress bar replaces the INFO lines."""
+    if verbose:
+        level = logging.DEBUG
+    elif quiet or sys.stderr.isatty():
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+        force=True,
+    )
+    for noisy in ("botocore", "s3fs", "fsspec", "aiobotocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.INFO))

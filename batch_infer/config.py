@@ -1,0 +1,197 @@
+"""Pydantic models of a run, and how YAML, environment variables and flags are layered into one.
+
+Precedence, lowest to highest: model defaults < YAML file (``--config``) < ``BATCH_INFER_*``
+environment variables < command-line flags. Environment variables name a field by its path with
+``__`` between levels: ``BATCH_INFER_OUTPUT__MODE=overwrite``, ``BATCH_INFER_RUN_DATE=2026-01-31``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+ENV_PREFIX = "BATCH_INFER_"
+
+
+def _split_csv(value: Any) -> Any:
+    """Accept ``"a,b,c"`` wherever a list of names is expected (flags and env vars)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputConfig(_Section):
+    """Where the Parquet input is and how to read it."""
+
+    path: str = Field(description="File, directory, glob or hive-partitioned dataset; any fsspec URL.")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(65_536, gt=0, description="Rows per record batch read and scored.")
+
+
+class ModelConfig(_Section):
+    """The fitted model artifact (and an optional separate scaler)."""
+
+    path: str
+    scaler: str | None = None
+    features: list[str] | None = None
+    version: str | None = Field(None, description="Defaults to the model file's sha256[:12].")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    _split_features = field_validator("features", mode="before")(_split_csv)
+
+
+class OutputColumns(_Section):
+    """Names of the columns the run adds."""
+
+    prediction: str = "prediction"
+    probability: str = "probability"
+    predicted_at: str = "predicted_at"
+    model_version: str = "model_version"
+
+
+class OutputConfig(_Section):
+    """Where and how the scored data is written and committed."""
+
+    path: str = Field(description="Output root; may contain {run_date}.")
+    partition_by: list[str] = Field(default_factory=list)
+    mode: Literal["error", "overwrite"] = "error"
+    compression: str = "zstd"
+    row_group_size: int = Field(131_072, gt=0)
+    max_rows_per_file: int = Field(1_048_576, gt=0)
+    columns: OutputColumns = Field(default_factory=OutputColumns)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    _split_partition_by = field_validator("partition_by", mode="before")(_split_csv)
+
+
+class RunConfig(_Section):
+    """Everything one run needs; ``batch_infer.run(RunConfig(...))`` needs nothing else."""
+
+    input: InputConfig
+    model: ModelConfig
+    output: OutputConfig
+    run_date: dt.date | None = Field(
+        None, description="Logical date: sets predicted_at to its midnight UTC and {run_date}."
+    )
+
+    @property
+    def output_path(self) -> str:
+        """The output root with ``{run_date}`` filled in."""
+        if "{run_date}" not in self.output.path:
+            return self.output.path
+        if self.run_date is None:
+            raise ConfigError(
+                f"the output path {self.output.path!r} uses {{run_date}} but no run date is set",
+                "pass --run-date YYYY-MM-DD (or set run_date in the config)",
+            )
+        return self.output.path.replace("{run_date}", self.run_date.isoformat())
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data with every storage option value hidden (for manifests, logs)."""
+        data = self.model_dump(mode="json")
+        for section in ("input", "model", "output"):
+            options = data[section].get("storage_options") or {}
+            data[section]["storage_options"] = {key: "***" for key in options}
+        return data
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge nested dicts; values in ``override`` win, ``None`` in ``override`` is ignored."""
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config file; a missing or malformed file is a ConfigError naming it."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read config file {str(path)!r}: {exc.strerror or exc}",
+            "check the --config path",
+        ) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid YAML: {exc}", "fix the YAML syntax"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping at the top level",
+            "see configs/ for examples",
+        )
+    return data
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn ``BATCH_INFER_A__B=value`` variables into ``{"a": {"b": value}}``.
+
+    Values that look like JSON lists or objects are decoded, so storage options can be set too.
+    """
+    result: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        value: Any = raw
+        if raw.strip().startswith(("[", "{")):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                pass
+        node = result
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return result
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RunConfig:
+    """Build a RunConfig from a YAML file, then env vars, then explicit overrides (flags)."""
+    data = read_yaml(config_file) if config_file else {}
+    data = deep_merge(data, env_overrides(os.environ if environ is None else environ))
+    data = deep_merge(data, overrides or {})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc), _fix_hint(config_file)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, joined: ``input.path: Field required; output.mode: ...``."""
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "config"
+        problems.append(f"{where}: {err['msg']}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def _fix_hint(config_file: str | Path | None) -> str:
+    source = f"in {str(config_file)!r}, " if config_file else ""
+    return f"set the field {source}with a flag (--input, --output, --model, ...) or a BATCH_INFER_ variable"

@@ -1,0 +1,192 @@
+"""Load and check model artifacts, and say what they need (features) and give (labels, classes).
+
+A run uses either one estimator (often a scikit-learn Pipeline) or a separate scaler plus an
+estimator, the layout many teams ship as ``scaler.joblib`` + ``model.joblib``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from . import storage
+from .config import ModelConfig
+from .errors import ConfigError, ModelError, first_line
+
+log = logging.getLogger(__name__)
+
+ModelKind = Literal["binary", "multiclass", "regressor"]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One loaded file: the object, where it came from, and what it was built with."""
+
+    obj: Any = field(repr=False)
+    url: str
+    sha256: str
+    saved_sklearn_version: str | None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A ready-to-use model: estimator, optional scaler, and the facts a run records about them."""
+
+    estimator: Artifact
+    scaler: Artifact | None
+    features: list[str]
+    kind: ModelKind
+    classes: list[Any] | None
+    has_probability: bool
+    version: str
+
+    @property
+    def sha256(self) -> str:
+        return self.estimator.sha256
+
+    def _frame(self, step: Any, matrix: np.ndarray) -> Any:
+        """Give a step the column names it was fitted with, so scikit-learn checks them."""
+        names = getattr(step, "feature_names_in_", None)
+        if names is None:
+            return matrix
+        import pandas as pd
+
+        return pd.DataFrame(matrix, columns=list(names), copy=False)
+
+    def transform(self, matrix: np.ndarray) -> Any:
+        """Apply the separate scaler, if any."""
+        if self.scaler is None:
+            return self._frame(self.estimator.obj, matrix)
+        scaled = self.scaler.obj.transform(self._frame(self.scaler.obj, matrix))
+        return self._frame(self.estimator.obj, np.asarray(scaled))
+
+    def predict(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (or values) and, for classifiers that have it, class probabilities."""
+        features = self.transform(matrix)
+        estimator = self.estimator.obj
+        labels = np.asarray(estimator.predict(features))
+        proba = np.asarray(estimator.predict_proba(features)) if self.has_probability else None
+        return labels, proba
+
+
+def load_model(config: ModelConfig) -> LoadedModel:
+    """Load the estimator (and scaler), then work out its features, kind and version."""
+    estimator = load_artifact(config.path, config.storage_options, role="model")
+    scaler = (
+        load_artifact(config.scaler, config.storage_options, role="scaler") if config.scaler else None
+    )
+    if not hasattr(estimator.obj, "predict"):
+        raise ModelError(
+            f"{estimator.url} holds a {type(estimator.obj).__name__}, which has no predict()",
+            "point --model at a fitted estimator or Pipeline (a separate scaler goes in --scaler)",
+        )
+    if scaler is not None and not hasattr(scaler.obj, "transform"):
+        raise ModelError(
+            f"{scaler.url} holds a {type(scaler.obj).__name__}, which has no transform()",
+            "point --scaler at a fitted transformer such as a StandardScaler",
+        )
+    kind, classes = _kind(estimator)
+    return LoadedModel(
+        estimator=estimator,
+        scaler=scaler,
+        features=_features(config.features, estimator, scaler),
+        kind=kind,
+        classes=classes,
+        has_probability=kind != "regressor" and hasattr(estimator.obj, "predict_proba"),
+        version=config.version or estimator.sha256[:12],
+    )
+
+
+def load_artifact(url: str, storage_options: dict[str, Any], role: str) -> Artifact:
+    """Read a joblib file's bytes, hash them, then unpickle; every failure is a ModelError."""
+    import joblib
+
+    fs, path = storage.resolve(url, storage_options)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        raise ModelError(f"{role} file {url} does not exist", f"check --{role}") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read {role} file {url}: {first_line(exc)}", f"check --{role}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = joblib.load(io.BytesIO(data))
+        except Exception as exc:  # unpickling can raise almost anything
+            raise ModelError(
+                f"cannot load {role} file {url}: {type(exc).__name__}: {first_line(exc)}",
+                "it must be a joblib file saved with compatible scikit-learn/numpy versions",
+            ) from None
+    saved_version = _saved_sklearn_version(obj, caught)
+    return Artifact(obj=obj, url=url, sha256=hashlib.sha256(data).hexdigest(),
+                    saved_sklearn_version=saved_version)
+
+
+def _saved_sklearn_version(obj: Any, caught: list[warnings.WarningMessage]) -> str | None:
+    """scikit-learn warns when unpickling across versions; otherwise the versions are equal."""
+    import sklearn
+    from sklearn.exceptions import InconsistentVersionWarning
+
+    for message in caught:
+        if isinstance(message.message, InconsistentVersionWarning):
+            saved = message.message.original_sklearn_version
+            log.warning(
+                "%s was saved with scikit-learn %s but %s is installed; predictions may differ",
+                type(obj).__name__, saved, sklearn.__version__,
+            )
+            return saved
+        warnings.warn_explicit(message.message, message.category, message.filename, message.lineno)
+    return sklearn.__version__ if _is_sklearn(obj) else None
+
+
+def _is_sklearn(obj: Any) -> bool:
+    return type(obj).__module__.startswith("sklearn.")
+
+
+def _kind(estimator: Artifact) -> tuple[ModelKind, list[Any] | None]:
+    from sklearn.base import is_classifier
+
+    obj = estimator.obj
+    if is_classifier(obj) or hasattr(obj, "classes_"):
+        classes = getattr(obj, "classes_", None)
+        if classes is None:
+            raise ModelError(
+                f"{estimator.url} holds a classifier that is not fitted (no classes_)",
+                "fit the model before saving it",
+            )
+        classes = np.asarray(classes).tolist()
+        return ("binary" if len(classes) == 2 else "multiclass"), classes
+    return "regressor", None
+
+
+def _features(configured: list[str] | None, estimator: Artifact, scaler: Artifact | None) -> list[str]:
+    """The feature columns, in the order the first step was fitted with."""
+    first = scaler or estimator
+    fitted_names = getattr(first.obj, "feature_names_in_", None)
+    fitted_names = [str(n) for n in fitted_names] if fitted_names is not None else None
+    expected = getattr(first.obj, "n_features_in_", None)
+    if configured:
+        if fitted_names is not None and set(configured) != set(fitted_names):
+            raise ModelError(
+                f"--features {configured} do not match the {len(fitted_names)} features "
+                f"{first.url} was fitted with: {fitted_names}",
+                "drop --features to use the model's own, or pass exactly those names",
+            )
+        if fitted_names is None and expected is not None and len(configured) != expected:
+            raise ModelError(
+                f"--features names {len(configured)} columns but {first.url} expects {expected}",
+                "pass exactly the feature columns the model was fitted with, in order",
+            )
+        return fitted_names or list(configured)
+    if fitted_names is not None:
+        return fitted_names
+    raise ConfigError(
+        f"{first.url} does not record its feature names (fitted on an array, not a DataFrame)",
+        "pass --features col1,col2,... in the order the model was fitted with",
+    )

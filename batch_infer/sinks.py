@@ -1,0 +1,209 @@
+"""Write, stage and commit output.
+
+Each fragment is written by ``pyarrow.dataset.write_dataset`` into a staging area inside the
+output root, ``_staging/<run id>/``, under names ending in ``.staged``: hive-aware readers skip
+``_``-prefixed folders and glob readers (``out/**/*.parquet``) do not match the suffix, so no
+reader picks up staged data. The commit moves the files to their final names, then writes
+``_manifest.json`` and, last, ``_SUCCESS``. A reader that honours ``_SUCCESS`` never sees a
+partial result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from . import storage
+from .config import OutputConfig
+from .errors import ConfigError, OutputConflictError, first_line
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "_manifest.json"
+STAGING = "_staging"
+STAGED_SUFFIX = ".staged"
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A written Parquet file: its path relative to the output root, and its row count."""
+
+    path: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where one run writes: the output root and this run's private staging folder."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str
+    url: str
+    run_id: str
+
+    @property
+    def staging(self) -> str:
+        return storage.join(self.root, STAGING, self.run_id)
+
+    def final_path(self, relative: str) -> str:
+        return storage.join(self.root, relative)
+
+
+def open_target(url: str, storage_options: dict[str, Any], run_id: str) -> OutputTarget:
+    fs, root = storage.resolve(url, storage_options)
+    return OutputTarget(fs=fs, root=root.rstrip("/"), url=url, run_id=run_id)
+
+
+def check_target(target: OutputTarget, mode: str) -> None:
+    """Refuse, before any work, an output that ``mode`` does not allow us to replace."""
+    if mode == "overwrite":
+        return
+    fs = target.fs
+    if fs.exists(storage.join(target.root, SUCCESS)):
+        raise OutputConflictError(
+            f"{target.url} already holds a committed result ({_describe_manifest(target)})",
+            "use --mode overwrite to replace it, or choose another --output",
+        )
+    leftovers = visible_data_files(target)
+    if leftovers:
+        raise OutputConflictError(
+            f"{target.url} holds {len(leftovers)} data file(s) but no {SUCCESS} "
+            f"(for example {leftovers[0]}): an interrupted or foreign write",
+            "use --mode overwrite to replace them, or choose another --output",
+        )
+
+
+def visible_data_files(target: OutputTarget) -> list[str]:
+    """Files a reader of the output would see: everything but ``_``/``.``-prefixed paths."""
+    fs = target.fs
+    if not fs.isdir(target.root):
+        return []
+    visible = []
+    for path in fs.find(target.root):
+        relative = posixpath.relpath(path, target.root)
+        if not any(part.startswith(("_", ".")) for part in relative.split("/")):
+            visible.append(relative)
+    return sorted(visible)
+
+
+def stage_fragment(
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    target: OutputTarget,
+    fragment_name: str,
+    config: OutputConfig,
+) -> list[OutputFile]:
+    """Write one fragment's scored batches into the staging area, hive-partitioned.
+
+    File names derive from the fragment, so a rerun writes the same names.
+    """
+    written: list[OutputFile] = []
+    staging = target.staging
+
+    def remember(visited: Any) -> None:
+        relative = posixpath.relpath(visited.path, staging).removesuffix(STAGED_SUFFIX)
+        written.append(OutputFile(relative, visited.metadata.num_rows))
+
+    partitioning = None
+    if config.partition_by:
+        partitioning = ds.partitioning(
+            pa.schema([schema.field(name) for name in config.partition_by]), flavor="hive"
+        )
+    row_group_size = min(config.row_group_size, config.max_rows_per_file)
+    try:
+        ds.write_dataset(
+            batches,
+            base_dir=staging,
+            basename_template=f"part-{fragment_name}-{{i}}.parquet{STAGED_SUFFIX}",
+            format="parquet",
+            partitioning=partitioning,
+            schema=schema,
+            filesystem=target.fs,
+            file_options=ds.ParquetFileFormat().make_write_options(compression=config.compression),
+            preserve_order=True,
+            max_rows_per_file=config.max_rows_per_file,
+            min_rows_per_group=row_group_size,
+            max_rows_per_group=row_group_size,
+            file_visitor=remember,
+            existing_data_behavior="overwrite_or_ignore",
+        )
+    except pa.ArrowInvalid as exc:
+        if "compression" in str(exc).lower() or "codec" in str(exc).lower():
+            raise ConfigError(
+                f"output compression {config.compression!r} is not supported: {first_line(exc)}",
+                "use zstd, snappy, gzip, brotli, lz4 or none",
+            ) from None
+        raise
+    return sorted(written, key=lambda f: f.path)
+
+
+def commit(
+    target: OutputTarget, files: list[OutputFile], manifest: dict[str, Any], mode: str
+) -> None:
+    """Publish staged files, then the manifest, then ``_SUCCESS`` (last)."""
+    check_target(target, mode)
+    fs = target.fs
+    success = storage.join(target.root, SUCCESS)
+    old_files = set(visible_data_files(target)) if mode == "overwrite" else set()
+    if fs.exists(success):
+        fs.rm(success)
+    sources = [storage.join(target.staging, f.path + STAGED_SUFFIX) for f in files]
+    destinations = [target.final_path(f.path) for f in files]
+    _move(fs, sources, destinations)
+    stale = sorted(old_files - {f.path for f in files})
+    if stale:
+        fs.rm([target.final_path(p) for p in stale])
+    storage.write_bytes_atomically(
+        fs, storage.join(target.root, MANIFEST), json.dumps(manifest, indent=2).encode()
+    )
+    storage.write_bytes_atomically(fs, success, b"")
+    discard_staging(target)
+
+
+def discard_staging(target: OutputTarget) -> None:
+    """Remove this run's staging folder (and the ``_staging`` parent when nothing else is there)."""
+    fs = target.fs
+    try:
+        if fs.exists(target.staging):
+            fs.rm(target.staging, recursive=True)
+        parent = storage.join(target.root, STAGING)
+        if fs.isdir(parent) and not fs.ls(parent):
+            fs.rmdir(parent)
+    except OSError as exc:  # cleanup must never hide the real outcome
+        log.warning("could not remove staging folder %s: %s", target.staging, first_line(exc))
+
+
+def read_manifest(target: OutputTarget) -> dict[str, Any] | None:
+    try:
+        return json.loads(target.fs.cat_file(storage.join(target.root, MANIFEST)))
+    except (OSError, ValueError):
+        return None
+
+
+def _describe_manifest(target: OutputTarget) -> str:
+    manifest = read_manifest(target)
+    if not manifest:
+        return "no readable manifest"
+    return f"run {manifest.get('run_id')} committed at {manifest.get('committed_at')}"
+
+
+def _move(fs: fsspec.AbstractFileSystem, sources: list[str], destinations: list[str]) -> None:
+    if not sources:
+        return
+    if storage.is_local(fs):
+        for source, destination in zip(sources, destinations, strict=True):
+            fs.makedirs(posixpath.dirname(destination), exist_ok=True)
+            fs.mv(source, destination)
+    else:
+        fs.copy(sources, destinations)
+        fs.rm(sources)
+

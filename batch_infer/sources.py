@@ -1,0 +1,278 @@
+"""Plan the input (files, their footers, row-group fragments) and stream record batches from it.
+
+A :class:`Fragment` is one row group of one file: the unit that is read, scored and staged on its
+own. Planning reads every footer up front, so a broken file fails the run before any scoring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+from .config import InputConfig
+from .errors import InputError, first_line
+
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def has_magic(path: str) -> bool:
+    """Whether a path is a glob pattern (the characters fsspec's glob expands)."""
+    return _GLOB_CHARS.search(path) is not None
+
+
+@dataclass(frozen=True, eq=False)
+class InputFile:
+    """One Parquet file of the input, with its footer already read."""
+
+    path: str
+    url: str
+    relative_path: str
+    size: int
+    metadata: pq.FileMetaData = field(repr=False)
+    partition: dict[str, str | None]
+
+    @property
+    def num_rows(self) -> int:
+        return self.metadata.num_rows
+
+    @property
+    def num_row_groups(self) -> int:
+        return self.metadata.num_row_groups
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.metadata.schema.to_arrow_schema()
+
+
+@dataclass(frozen=True, eq=False)
+class Fragment:
+    """One row group of one input file."""
+
+    file: InputFile
+    row_group: int
+    num_rows: int
+
+    @property
+    def name(self) -> str:
+        """A stable name for this fragment's output files: same input, same name on every rerun."""
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", posixpath.basename(self.file.path))
+        stem = stem.removesuffix(".parquet").removeprefix("part-")[:60]
+        digest = hashlib.sha1(self.file.relative_path.encode()).hexdigest()[:8]
+        return f"{stem}-{digest}-rg{self.row_group:05d}"
+
+    def describe(self) -> str:
+        return f"row group {self.row_group} of {self.file.url}"
+
+
+@dataclass(eq=False)
+class InputPlan:
+    """Everything known about the input before reading any data."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str
+    files: list[InputFile]
+    schema: pa.Schema
+    partition_schema: pa.Schema
+
+    @property
+    def fragments(self) -> list[Fragment]:
+        return [
+            Fragment(f, rg, f.metadata.row_group(rg).num_rows)
+            for f in self.files
+            for rg in range(f.num_row_groups)
+        ]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(f.num_rows for f in self.files)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def plan_input(config: InputConfig) -> InputPlan:
+    """Resolve the input URL to files, read every footer and unify the schema."""
+    fs, path = storage.resolve(config.path, config.storage_options)
+    root, paths = _list_files(fs, path, config.path)
+    sizes = _sizes(fs, paths)
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
+        metadatas = list(pool.map(lambda p: _read_footer(fs, p), paths))
+    files = [
+        InputFile(
+            path=p,
+            url=storage.display(fs, p),
+            relative_path=posixpath.relpath(p, root) if root else posixpath.basename(p),
+            size=sizes[p],
+            metadata=meta,
+            partition=_hive_keys(posixpath.relpath(posixpath.dirname(p), root) if root else ""),
+        )
+        for p, meta in zip(paths, metadatas, strict=True)
+    ]
+    partition_schema = _partition_schema(files)
+    schema = _unify(files, partition_schema)
+    scanned = path if len(paths) == 1 and paths[0] == path else root
+    return InputPlan(
+        fs=fs,
+        root=storage.display(fs, scanned),
+        files=files,
+        schema=schema,
+        partition_schema=partition_schema,
+    )
+
+
+def read_fragment(
+    fs: fsspec.AbstractFileSystem,
+    fragment: Fragment,
+    schema: pa.Schema,
+    partition_schema: pa.Schema,
+    batch_size: int,
+) -> Iterator[pa.RecordBatch]:
+    """Stream one row group as record batches laid out in the plan's unified ``schema``."""
+    file = fragment.file
+    try:
+        with fs.open(file.path, "rb") as handle:
+            parquet = pq.ParquetFile(handle, metadata=file.metadata)
+            for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[fragment.row_group]):
+                yield _conform(batch, schema, file, partition_schema)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(
+            f"cannot read {fragment.describe()}: {first_line(exc)}",
+            "the file is corrupt or changed while running; replace it or remove it from the input",
+        ) from None
+
+
+def _conform(
+    batch: pa.RecordBatch, schema: pa.Schema, file: InputFile, partition_schema: pa.Schema
+) -> pa.RecordBatch:
+    """Put a file's batch in the plan's column order, adding hive keys and columns it lacks."""
+    columns = []
+    for target in schema:
+        index = batch.schema.get_field_index(target.name)
+        if index >= 0:
+            columns.append(batch.column(index))
+        elif target.name in partition_schema.names:
+            value = file.partition.get(target.name)
+            scalar = pa.scalar(value, pa.string()).cast(target.type) if value is not None else None
+            columns.append(pa.array([scalar.as_py() if scalar else None] * batch.num_rows, target.type))
+        else:
+            columns.append(pa.nulls(batch.num_rows, target.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _list_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[str, list[str]]:
+    """Return (root used for hive keys and relative names, sorted data files)."""
+    if has_magic(path):
+        matched = fs.glob(path)
+        root = _glob_root(path)
+        files = []
+        for match in matched:
+            files.extend(_data_files(fs, match) if fs.isdir(match) else [match])
+    elif fs.isdir(path):
+        root = path.rstrip("/")
+        files = _data_files(fs, root)
+    elif fs.isfile(path):
+        root = posixpath.dirname(path)
+        files = [path]
+    else:
+        raise InputError(f"input {url!r} does not exist", "check --input (a file, directory or glob)")
+    files = sorted(set(files))
+    if not files:
+        raise InputError(
+            f"input {url!r} matches no Parquet file",
+            "check --input; a directory is searched recursively, a glob like 'data/*.parquet' is matched as is",
+        )
+    return root, files
+
+
+def _data_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
+    """Every file under ``directory`` except hidden and ``_``-prefixed ones (``_SUCCESS``, ``.crc``)."""
+    found = []
+    for candidate in fs.find(directory):
+        relative = posixpath.relpath(candidate, directory)
+        if any(part.startswith((".", "_")) for part in relative.split("/")):
+            continue
+        found.append(candidate)
+    return found
+
+
+def _glob_root(pattern: str) -> str:
+    parts = []
+    for part in pattern.split("/"):
+        if has_magic(part):
+            break
+        parts.append(part)
+    return "/".join(parts).rstrip("/")
+
+
+def _sizes(fs: fsspec.AbstractFileSystem, paths: list[str]) -> dict[str, int]:
+    return {p: int(fs.size(p) or 0) for p in paths}
+
+
+def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
+    url = storage.display(fs, path)
+    try:
+        with fs.open(path, "rb") as handle:
+            return pq.ParquetFile(handle).metadata
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(
+            f"{url} is not a readable Parquet file: {first_line(exc)}",
+            "replace the file or remove it from the input (hidden and _-prefixed files are skipped)",
+        ) from None
+
+
+def _hive_keys(relative_dir: str) -> dict[str, str | None]:
+    keys: dict[str, str | None] = {}
+    for part in relative_dir.split("/"):
+        if "=" in part and not part.startswith("="):
+            key, value = part.split("=", 1)
+            value = unquote(value)
+            keys[key] = None if value == HIVE_NULL else value
+    return keys
+
+
+def _partition_schema(files: list[InputFile]) -> pa.Schema:
+    """Hive keys present in every file's path; int64 when every value is an integer, else string."""
+    if not files:
+        return pa.schema([])
+    common = set(files[0].partition)
+    for f in files[1:]:
+        common &= set(f.partition)
+    fields = []
+    for key in files[0].partition:
+        if key not in common:
+            continue
+        values = [f.partition[key] for f in files if f.partition[key] is not None]
+        is_int = bool(values) and all(re.fullmatch(r"-?(0|[1-9][0-9]{0,17})", v) for v in values)
+        fields.append(pa.field(key, pa.int64() if is_int else pa.string()))
+    return pa.schema(fields)
+
+
+def _unify(files: list[InputFile], partition_schema: pa.Schema) -> pa.Schema:
+    """One schema for all files: first file's column order, then columns only later files have."""
+    schema = files[0].schema.remove_metadata()
+    for f in files[1:]:
+        try:
+            schema = pa.unify_schemas([schema, f.schema.remove_metadata()])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise InputError(
+                f"{f.url} has a schema incompatible with {files[0].url}: {first_line(exc)}",
+                "make the column types agree across files, or score the files separately",
+            ) from None
+    for key in partition_schema:
+        if key.name not in schema.names:
+            schema = schema.append(key)
+    return schema
+

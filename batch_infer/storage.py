@@ -1,0 +1,56 @@
+"""Paths are URLs plus storage options, resolved by fsspec. Nothing here logs option values.
+
+S3 credentials, profiles, regions and ``AWS_ENDPOINT_URL`` come from the standard AWS
+environment through s3fs/botocore, so a job configured for the AWS CLI works unchanged;
+``storage_options`` (for example ``{"endpoint_url": ...}``) are passed to the filesystem as is.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from .errors import ConfigError, first_line
+
+
+def resolve(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """URL -> (filesystem, path as that filesystem names it)."""
+    try:
+        return url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"cannot open {url!r}: {type(exc).__name__}: {first_line(exc)}",
+            "check the URL's scheme and its storage_options",
+        ) from None
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(*parts: str) -> str:
+    """Join path segments the way fsspec names paths (always ``/``)."""
+    return posixpath.join(*parts)
+
+
+def display(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The path as a user would write it: with its scheme for remote stores, plain when local."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def write_bytes_atomically(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write a small file so that a reader sees all of it or none of it.
+
+    An object store PUT is atomic already; on a local disk we write a temporary file and rename.
+    """
+    if is_local(fs):
+        tmp = f"{path}.tmp"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
