@@ -45,7 +45,9 @@ def is_numeric(arrow_type: pa.DataType) -> bool:
 
 def feature_matrix(batch: pa.RecordBatch, features: list[str]) -> np.ndarray:
     """The features as an (n_rows, n_features) float64 matrix; nulls become NaN."""
-    matrix = np.empty((batch.num_rows, len(features)), dtype=np.float64)
+    # Column-major, like the array pandas hands scikit-learn: BLAS rounds differently for C order,
+    # and scoring must equal calling the model on a DataFrame exactly.
+    matrix = np.empty((batch.num_rows, len(features)), dtype=np.float64, order="F")
     for position, name in enumerate(features):
         column = batch.column(name)
         if pa.types.is_dictionary(column.type):
