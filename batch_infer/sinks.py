@@ -152,6 +152,7 @@ def commit(
     """Publish staged files, then the manifest, then ``_SUCCESS`` (last)."""
     check_target(target, mode)
     fs = target.fs
+    fs.makedirs(target.root, exist_ok=True)
     success = storage.join(target.root, SUCCESS)
     old_files = set(visible_data_files(target)) if mode == "overwrite" else set()
     if fs.exists(success):

@@ -88,7 +88,7 @@ def test_batch_size_does_not_change_results(tmp_path, trained_models, churn_inpu
     )
 
 
-@pytest.mark.parametrize("batch_size", [1, 333])
+@pytest.mark.parametrize("batch_size", [7, 333])
 def test_odd_batch_sizes_agree_to_the_last_bits(tmp_path, trained_models, churn_input, batch_size):
     """BLAS kernels round a matrix's ragged tail rows differently (by an ulp), so a batch size
     that is not a multiple of the SIMD width can differ from the one-call result in the last bits."""

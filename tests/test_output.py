@@ -1,0 +1,198 @@
+"""Output layout, commit protocol, columns and types, read back with pyarrow."""
+
+import datetime as dt
+import json
+from decimal import Decimal
+
+import joblib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch_infer import OutputConflictError, run, validate
+
+from .conftest import FEATURES, churn_table, make_config, read_output, write_parquet
+
+
+def test_hive_keys_become_columns_and_output_is_partitioned(tmp_path, trained_models, churn_input):
+    out = tmp_path / "out"
+    run(make_config(churn_input, out, trained_models["binary"], output={"partition_by": ["day", "region"]}))
+    dirs = sorted(p.relative_to(out).as_posix() for p in out.glob("day=*/region=*"))
+    assert dirs == [f"day={d}/region={r}" for d in (1, 2) for r in ("east", "north", "south", "west")]
+    table = read_output(out).to_pandas()
+    assert table.num_rows if hasattr(table, "num_rows") else len(table) == 5_000
+    by_day = table.groupby("day")["customer_id"].agg(["min", "max", "count"])
+    assert by_day.loc[1].tolist() == [0, 2_499, 2_500]
+    assert by_day.loc[2].tolist() == [2_500, 4_999, 2_500]
+
+
+def test_manifest_lists_every_file_and_success_is_written(tmp_path, trained_models, churn_input):
+    out = tmp_path / "out"
+    report = run(make_config(churn_input, out, trained_models["binary"], run_date="2026-01-31"))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
+    assert sorted(f["path"] for f in manifest["files"]) == files
+    assert sum(f["rows"] for f in manifest["files"]) == manifest["rows_out"] == 5_000
+    for entry in manifest["files"]:
+        assert pq.read_metadata(out / entry["path"]).num_rows == entry["rows"]
+    assert manifest["run_id"] == report.run_id
+    assert manifest["model"]["sha256"] == report.model_sha256
+    assert manifest["sklearn_version"]
+    assert [i["rows"] for i in manifest["inputs"]] == [2_500, 2_500]
+    assert all(i["bytes"] > 0 for i in manifest["inputs"])
+    assert (out / "_SUCCESS").read_bytes() == b""
+    assert not (out / "_staging").exists()
+
+
+def test_rerun_with_same_run_date_is_reproducible(tmp_path, trained_models, churn_input):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for out in (first, second):
+        run(make_config(churn_input, out, trained_models["binary"], run_date="2026-01-31"))
+    names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*.parquet"))
+    assert names == sorted(p.relative_to(second).as_posix() for p in second.rglob("*.parquet"))
+    for name in names:
+        assert pq.read_table(first / name).equals(pq.read_table(second / name))
+    stamp = read_output(first).column("predicted_at").unique().to_pylist()
+    assert stamp == [dt.datetime(2026, 1, 31, tzinfo=dt.UTC)]
+
+
+def test_predicted_at_is_one_timestamp_for_the_whole_run(tmp_path, trained_models, churn_input):
+    out = tmp_path / "out"
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    run(make_config(churn_input, out, trained_models["binary"], input={"batch_size": 500}))
+    stamps = read_output(out).column("predicted_at").unique().to_pylist()
+    assert len(stamps) == 1 and before <= stamps[0] <= dt.datetime.now(dt.UTC)
+
+
+def test_input_columns_pass_through_unchanged_in_input_order(tmp_path, trained_models):
+    rows = 1_500
+    base = churn_table(rows, seed=5)
+    table = base.append_column(
+        "tags", pa.array([[f"t{i}", "x"] for i in range(rows)], pa.list_(pa.string()))
+    ).append_column(
+        "address", pa.array([{"city": f"c{i % 7}", "zip": i} for i in range(rows)])
+    ).append_column(
+        "signup", pa.array([dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(rows)])
+    )
+    source = write_parquet(table, tmp_path / "in" / "data.parquet", row_group_size=400)
+    out = tmp_path / "out"
+    run(make_config(source, out, trained_models["binary"], input={"batch_size": 128}))
+    scored = read_output(out)
+    assert scored.select(table.column_names).equals(table)
+    assert scored.column_names == table.column_names + [
+        "prediction", "probability", "predicted_at", "model_version"
+    ]
+
+
+def test_files_with_different_column_order_are_aligned(tmp_path, trained_models):
+    table = churn_table(2_000, seed=3)
+    write_parquet(table.slice(0, 1_000), tmp_path / "in" / "a.parquet")
+    reordered = table.slice(1_000).select(["region", "total_charges", "customer_id", "tenure", "age", "monthly_charges"])
+    write_parquet(reordered, tmp_path / "in" / "b.parquet")
+    out = tmp_path / "out"
+    run(make_config(tmp_path / "in", out, trained_models["binary"]))
+    scored = read_output(out).sort_by("customer_id")
+    assert scored.select(table.column_names).equals(table)
+    model = joblib.load(trained_models["binary"])
+    expected = model.predict_proba(table.to_pandas()[FEATURES])[:, 1]
+    assert np.array_equal(scored.column("probability").to_numpy(), expected)
+
+
+def test_numeric_feature_types_are_converted(tmp_path, trained_models):
+    rows = 600
+    base = churn_table(rows, seed=8)
+    table = pa.table(
+        {
+            "customer_id": base.column("customer_id"),
+            "age": base.column("age").cast(pa.int8()),
+            "tenure": pa.array(base.column("tenure").to_numpy().astype("uint16")).dictionary_encode(),
+            "monthly_charges": pa.array(
+                [Decimal(str(v)) for v in base.column("monthly_charges").to_pylist()], pa.decimal128(8, 2)
+            ),
+            "total_charges": base.column("total_charges").cast(pa.float32()),
+        }
+    )
+    source = write_parquet(table, tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    run(make_config(source, out, trained_models["binary"]))
+    model = joblib.load(trained_models["binary"])
+    frame = table.to_pandas()
+    frame["tenure"] = frame["tenure"].astype("float64")
+    expected = model.predict_proba(frame[FEATURES].astype("float64"))[:, 1]
+    scored = read_output(out).sort_by("customer_id")
+    assert np.array_equal(scored.column("probability").to_numpy(), expected)
+    assert scored.schema.field("monthly_charges").type == pa.decimal128(8, 2)
+
+
+def test_boolean_features_are_numbers(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    frame = churn_table(400, seed=2).to_pandas()
+    frame["is_senior"] = frame["age"] > 60
+    model = LogisticRegression().fit(frame[["is_senior", "tenure"]].astype("float64"), frame["tenure"] > 30)
+    joblib.dump(model, tmp_path / "m.joblib")
+    source = write_parquet(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "in.parquet")
+    run(make_config(source, tmp_path / "out", tmp_path / "m.joblib"))
+    scored = read_output(tmp_path / "out").to_pandas()
+    assert scored["prediction"].tolist() == model.predict(frame[["is_senior", "tenure"]].astype("float64")).tolist()
+    assert scored["prediction"].dtype == bool
+
+
+def test_model_without_feature_names_uses_configured_features(tmp_path, trained_models, churn_input):
+    out = tmp_path / "out"
+    run(make_config(churn_input, out, trained_models["array_model"], model={"features": ",".join(FEATURES)}))
+    assert read_output(out).num_rows == 5_000
+
+
+def test_renamed_output_columns_and_model_version(tmp_path, trained_models, churn_input):
+    out = tmp_path / "out"
+    config = make_config(
+        churn_input, out, trained_models["binary"],
+        model={"version": "v7"},
+        output={"columns": {"prediction": "churn", "probability": "churn_p", "predicted_at": "at", "model_version": "mv"}},
+    )
+    run(config)
+    scored = read_output(out)
+    assert {"churn", "churn_p", "at", "mv"} <= set(scored.column_names)
+    assert scored.column("mv").unique().to_pylist() == ["v7"]
+
+
+def test_mode_error_refuses_and_overwrite_replaces(tmp_path, trained_models, churn_input):
+    out = tmp_path / "out"
+    run(make_config(churn_input, out, trained_models["binary"], output={"partition_by": ["day"]}))
+    old_manifest = (out / "_manifest.json").read_text()
+    with pytest.raises(OutputConflictError, match="already holds a committed result"):
+        run(make_config(churn_input, out, trained_models["binary"]))
+    assert (out / "_manifest.json").read_text() == old_manifest
+
+    report = run(make_config(churn_input, out, trained_models["regressor"], output={"mode": "overwrite"}))
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert files == sorted(f["path"] for f in manifest["files"])
+    assert not any(name.startswith("day=") for name in files)  # old partitions are gone
+    assert manifest["run_id"] == report.run_id
+    assert read_output(out).num_rows == 5_000
+
+
+def test_run_date_fills_output_path(tmp_path, trained_models, churn_input):
+    config = make_config(churn_input, tmp_path / "scores" / "dt={run_date}", trained_models["binary"], run_date="2026-02-03")
+    report = run(config)
+    assert (tmp_path / "scores" / "dt=2026-02-03" / "_SUCCESS").exists()
+    assert report.output.endswith("dt=2026-02-03")
+
+
+def test_zero_row_file_commits_empty_output(tmp_path, trained_models):
+    source = write_parquet(churn_table(0), tmp_path / "in.parquet")
+    report = run(make_config(source, tmp_path / "out", trained_models["multiclass"]))
+    assert report.rows_out == 0
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    assert json.loads((tmp_path / "out" / "_manifest.json").read_text())["files"] == []
+
+
+def test_validate_reports_without_writing(tmp_path, trained_models, churn_input):
+    out = tmp_path / "out"
+    report = validate(make_config(churn_input, out, trained_models["multiclass"]))
+    assert (report.rows, report.files, report.fragments) == (5_000, 2, 6)
+    assert report.added_columns[:1] == ["prediction"]
+    assert not out.exists()
