@@ -113,8 +113,9 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     for key, value in override.items():
         if value is None:
             continue
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
+        if isinstance(value, Mapping):
+            current = merged.get(key)
+            merged[key] = deep_merge(current if isinstance(current, Mapping) else {}, value)
         else:
             merged[key] = value
     return merged
@@ -180,18 +181,42 @@ def load_config(
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc), _fix_hint(config_file)) from None
+        raise ConfigError(describe_validation_error(exc), _fix_hint(exc, config_file)) from None
+
+
+# The flag that sets a config field, to name it in error messages.
+FLAGS = {
+    "input.path": "--input",
+    "input.batch_size": "--batch-size",
+    "model.path": "--model",
+    "model.scaler": "--scaler",
+    "model.features": "--features",
+    "model.version": "--model-version",
+    "output.path": "--output",
+    "output.partition_by": "--partition-by",
+    "output.mode": "--mode",
+    "run_date": "--run-date",
+}
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem, joined: ``input.path: Field required; output.mode: ...``."""
+    """One clause per problem: ``output.mode (--mode) got 'x': Input should be ...``."""
     problems = []
     for err in exc.errors():
         where = ".".join(str(part) for part in err["loc"]) or "config"
-        problems.append(f"{where}: {err['msg']}")
+        flag = f" ({FLAGS[where]})" if where in FLAGS else ""
+        if err["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown field")
+            continue
+        got = "" if err["type"] == "missing" else f" got {err.get('input')!r}"
+        problems.append(f"{where}{flag}{got}: {err['msg']}")
     return "invalid configuration: " + "; ".join(problems)
 
 
-def _fix_hint(config_file: str | Path | None) -> str:
+def _fix_hint(exc: ValidationError, config_file: str | Path | None) -> str:
+    if any(err["type"] == "extra_forbidden" for err in exc.errors()):
+        return "fix the field's spelling or remove it; configs/*.yaml shows every field"
+    if all(err["type"] != "missing" for err in exc.errors()):
+        return "correct the value (see batch-infer run --help and configs/ for examples)"
     source = f"in {str(config_file)!r}, " if config_file else ""
-    return f"set the field {source}with a flag (--input, --output, --model, ...) or a BATCH_INFER_ variable"
+    return f"set the field {source}with its flag, or a BATCH_INFER_<SECTION>__<FIELD> variable"

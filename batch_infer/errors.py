@@ -58,4 +58,4 @@ EXIT_CODES = {
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message: enough to name the cause in a one-line error."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__

@@ -66,6 +66,7 @@ def describe_parquet(path: str) -> Description:
 
 
 def describe_model(path: str) -> Description:
+    import numpy as np
     import sklearn
     from sklearn.base import is_classifier, is_regressor
 
@@ -83,7 +84,7 @@ def describe_model(path: str) -> Description:
         "type": f"{type(obj).__module__}.{type(obj).__name__}",
         "estimator_kind": kind,
         "steps": steps,
-        "classes": None if classes is None else [c for c in list(classes)],
+        "classes": None if classes is None else np.asarray(classes).tolist(),
         "features": None if names is None else [str(n) for n in names],
         "n_features": getattr(obj, "n_features_in_", None),
         "sha256": artifact.sha256,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -119,8 +120,13 @@ def load_artifact(url: str, storage_options: dict[str, Any], role: str) -> Artif
         try:
             obj = joblib.load(io.BytesIO(data))
         except Exception as exc:  # unpickling can raise almost anything
+            cause = (
+                "not a joblib or pickle file"
+                if isinstance(exc, KeyError | EOFError | pickle.UnpicklingError)
+                else f"{type(exc).__name__}: {first_line(exc)}"
+            )
             raise ModelError(
-                f"cannot load {role} file {url}: {type(exc).__name__}: {first_line(exc)}",
+                f"cannot load {role} file {url}: {cause}",
                 "it must be a joblib file saved with compatible scikit-learn/numpy versions",
             ) from None
     saved_version = _saved_sklearn_version(obj, caught)

@@ -61,7 +61,9 @@ def error_line(result) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error:")]
     assert len(errors) == 1, f"expected exactly one Error: line on stderr, got:\n{result.stderr}"
-    assert lines[-1] == errors[0], f"the Error: line must be the last line of stderr:\n{result.stderr}"
+    assert lines[-1] == errors[0], (
+        f"the Error: line must be the last line of stderr:\n{result.stderr}"
+    )
     match = ERROR_LINE.match(errors[0])
     assert match, f"not of the form 'Error: <what> — <how to fix>': {errors[0]!r}"
     assert not match["what"].startswith("unexpected"), errors[0]
@@ -86,7 +88,8 @@ def assert_nothing_committed(output: Path) -> None:
     assert not (output / "_SUCCESS").exists()
     assert not (output / "_manifest.json").exists()
     visible = [
-        p for p in output.rglob("*.parquet")
+        p
+        for p in output.rglob("*.parquet")
         if not any(part.startswith(("_", ".")) for part in p.relative_to(output).parts)
     ]
     assert visible == [], f"visible Parquet files left in the output: {visible}"
@@ -94,7 +97,15 @@ def assert_nothing_committed(output: Path) -> None:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def no_tenure_file(tmp_path: Path) -> Path:
+    """Churn data without the 'tenure' column, a feature of every trained model."""
+    table = churn_table(50).drop_columns(["tenure"])
+    return write_parquet(table, tmp_path / "in" / "no_tenure.parquet")
 
 
 @pytest.fixture
@@ -112,7 +123,7 @@ def out(tmp_path: Path) -> Path:
 
 
 def test_missing_feature_column(tmp_path, out, trained_models):
-    path = write_parquet(churn_table(50).drop_columns(["tenure"]), tmp_path / "in" / "no_tenure.parquet")
+    path = no_tenure_file(tmp_path)
     result = invoke(*run_args(path, out, trained_models["binary"]))
     assert_fails(result, BAD_INPUT, str(path), "'tenure'", output=out)
 
@@ -212,7 +223,9 @@ def _corrupt_second_row_group(path: Path) -> None:
 def test_corrupt_row_group(tmp_path, out, trained_models):
     path = tmp_path / "in" / "two_groups.parquet"
     path.parent.mkdir()
-    pq.write_table(churn_table(400), path, row_group_size=200, compression="none", use_dictionary=False)
+    pq.write_table(
+        churn_table(400), path, row_group_size=200, compression="none", use_dictionary=False
+    )
     _corrupt_second_row_group(path)
 
     # the damage is where we meant it: footer readable, row group 0 fine, row group 1 broken
@@ -288,7 +301,9 @@ def test_features_not_matching_model(out, trained_models, good_file, features):
 
 
 def test_features_count_not_matching_array_model(out, trained_models, good_file):
-    result = invoke(*run_args(good_file, out, trained_models["array_model"], "--features", "age,tenure"))
+    result = invoke(
+        *run_args(good_file, out, trained_models["array_model"], "--features", "age,tenure")
+    )
     assert_fails(result, MODEL, "--features", "expects 4", output=out)
 
 
@@ -297,7 +312,9 @@ def test_features_count_not_matching_array_model(out, trained_models, good_file)
 
 
 def test_partition_by_unknown_column(out, trained_models, good_file):
-    result = invoke(*run_args(good_file, out, trained_models["binary"], "--partition-by", "country"))
+    result = invoke(
+        *run_args(good_file, out, trained_models["binary"], "--partition-by", "country")
+    )
     assert_fails(result, USAGE, "--partition-by", "country", output=out)
 
 
@@ -331,7 +348,9 @@ def test_run_date_placeholder_without_run_date(tmp_path, trained_models, good_fi
 
 def test_run_date_placeholder_with_run_date(tmp_path, trained_models, good_file):
     output = tmp_path / "scored" / "{run_date}"
-    result = invoke(*run_args(good_file, output, trained_models["binary"], "--run-date", "2026-01-31"))
+    result = invoke(
+        *run_args(good_file, output, trained_models["binary"], "--run-date", "2026-01-31")
+    )
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "scored" / "2026-01-31" / "_SUCCESS").exists()
 
@@ -341,7 +360,7 @@ def test_run_date_placeholder_with_run_date(tmp_path, trained_models, good_file)
 
 
 def test_verbose_prints_traceback(tmp_path, out, trained_models):
-    path = write_parquet(churn_table(50).drop_columns(["tenure"]), tmp_path / "in" / "no_tenure.parquet")
+    path = no_tenure_file(tmp_path)
     quiet = invoke(*run_args(path, out, trained_models["binary"]))
     assert "Traceback" not in quiet.stderr
     loud = invoke(*run_args(path, out, trained_models["binary"], "--verbose"))
@@ -355,7 +374,7 @@ def test_verbose_prints_traceback(tmp_path, out, trained_models):
 
 
 def test_quiet_failure_is_exactly_one_line(tmp_path, out, trained_models):
-    path = write_parquet(churn_table(50).drop_columns(["tenure"]), tmp_path / "in" / "no_tenure.parquet")
+    path = no_tenure_file(tmp_path)
     result = invoke(*run_args(path, out, trained_models["binary"], "--quiet"))
     assert result.exit_code == BAD_INPUT
     assert result.stdout == ""
