@@ -232,4 +232,4 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
         force=True,
     )
     for noisy in ("botocore", "s3fs", "fsspec", "aiobotocore", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)

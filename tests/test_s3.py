@@ -170,7 +170,9 @@ def _objects(fs: s3fs.S3FileSystem, prefix: str) -> dict[str, dict]:
     }
 
 
-def _assert_committed(fs: s3fs.S3FileSystem, out_prefix: str, input_table, model_path: Path) -> None:
+def _assert_committed(
+    fs: s3fs.S3FileSystem, out_prefix: str, input_table, model_path: Path
+) -> None:
     """_SUCCESS + manifest present, nothing staged, every input row exactly once and well scored."""
     fs.invalidate_cache()
     assert fs.isfile(f"{out_prefix}/_SUCCESS")
@@ -181,9 +183,11 @@ def _assert_committed(fs: s3fs.S3FileSystem, out_prefix: str, input_table, model
     for entry in manifest["files"]:
         assert fs.isfile(f"{out_prefix}/{entry['path']}")
 
-    output = ds.dataset(
-        out_prefix, format="parquet", partitioning="hive", filesystem=fs
-    ).to_table().sort_by("customer_id")
+    output = (
+        ds.dataset(out_prefix, format="parquet", partitioning="hive", filesystem=fs)
+        .to_table()
+        .sort_by("customer_id")
+    )
     assert output.num_rows == INPUT_ROWS
     assert output.column("customer_id").to_pylist() == list(range(INPUT_ROWS))
     assert output.column("day").to_pylist() == [1] * 2_500 + [2] * 2_500
@@ -205,7 +209,30 @@ def _cli(args: list[str]):
     return CliRunner().invoke(app, args, catch_exceptions=False)
 
 
-def test_library_run_reads_and_writes_s3_with_storage_options(s3, s3_input, s3_model, moto_endpoint):
+def _versions(fs: s3fs.S3FileSystem, prefix: str) -> list[tuple[str, str, str]]:
+    """Every object version and delete marker under a prefix of a versioned bucket.
+
+    Any PUT, copy or DELETE adds an entry, even one that rewrites identical bytes within the
+    same second, so equal lists before and after prove nothing was touched.
+    """
+    response = fs.call_s3("list_object_versions", Bucket=BUCKET, Prefix=prefix)
+    assert not response.get("IsTruncated")
+    entries = [("version", v["Key"], v["VersionId"]) for v in response.get("Versions", [])]
+    entries += [("delete", m["Key"], m["VersionId"]) for m in response.get("DeleteMarkers", [])]
+    return sorted(entries)
+
+
+def _error_line(stderr: str) -> str:
+    """The CLI's one error line: the last stderr line (INFO log lines may come before it)."""
+    lines = stderr.strip().splitlines()
+    assert lines, "nothing on stderr"
+    assert sum(line.startswith("Error: ") for line in lines) == 1, stderr
+    return lines[-1]
+
+
+def test_library_run_reads_and_writes_s3_with_storage_options(
+    s3, s3_input, s3_model, moto_endpoint
+):
     input_url, table = s3_input
     model_url, model_local = s3_model
     options = {"endpoint_url": moto_endpoint}
@@ -231,7 +258,10 @@ def test_library_run_reads_and_writes_s3_with_storage_options(s3, s3_input, s3_m
     assert manifest["run_id"] == report.run_id
     assert manifest["model"]["path"] == model_url
     assert {f["path"].split("/")[0] for f in manifest["files"]} == {
-        "region=east", "region=north", "region=south", "region=west"
+        "region=east",
+        "region=north",
+        "region=south",
+        "region=west",
     }
     # storage options are never written out in clear
     assert manifest["config"]["input"]["storage_options"] == {"endpoint_url": "***"}
@@ -239,14 +269,25 @@ def test_library_run_reads_and_writes_s3_with_storage_options(s3, s3_input, s3_m
     _assert_committed(s3, f"{BUCKET}/scored/run", table, model_local)
 
 
-def test_cli_uses_aws_endpoint_url_from_environment(s3, s3_input, s3_model, moto_endpoint, monkeypatch):
+def test_cli_uses_aws_endpoint_url_from_environment(
+    s3, s3_input, s3_model, moto_endpoint, monkeypatch
+):
     input_url, table = s3_input
     model_url, model_local = s3_model
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # the only place the endpoint is given
 
     result = _cli(
-        ["run", "--input", input_url, "--output", f"s3://{BUCKET}/scored/env",
-         "--model", model_url, "--output-format", "json"]
+        [
+            "run",
+            "--input",
+            input_url,
+            "--output",
+            f"s3://{BUCKET}/scored/env",
+            "--model",
+            model_url,
+            "--output-format",
+            "json",
+        ]
     )
 
     assert result.exit_code == 0, result.stderr
@@ -256,20 +297,26 @@ def test_cli_uses_aws_endpoint_url_from_environment(s3, s3_input, s3_model, moto
     _assert_committed(s3, f"{BUCKET}/scored/env", table, model_local)
 
 
-def test_cli_mode_error_refuses_committed_s3_output(s3, s3_input, s3_model, moto_endpoint, tmp_path):
+def test_cli_mode_error_refuses_committed_s3_output(
+    s3, s3_input, s3_model, moto_endpoint, tmp_path
+):
     input_url, _ = s3_input
     model_url, _ = s3_model
     options = {"endpoint_url": moto_endpoint}
     output_url = f"s3://{BUCKET}/scored/daily"
+    s3.make_bucket_versioned(BUCKET)  # so that even an identical rewrite would show
     first = run(
         make_config(
-            input_url, output_url, model_url,
+            input_url,
+            output_url,
+            model_url,
             input={"storage_options": options},
             model={"storage_options": options},
             output={"storage_options": options},
         )
     )
     before = _objects(s3, f"{BUCKET}/scored/daily")
+    versions_before = _versions(s3, "scored/daily/")
     manifest_before = s3.cat_file(f"{BUCKET}/scored/daily/_manifest.json")
     assert f"{BUCKET}/scored/daily/_SUCCESS" in before
 
@@ -286,14 +333,19 @@ def test_cli_mode_error_refuses_committed_s3_output(s3, s3_input, s3_model, moto
         f"  path: {output_url}\n"
         f"  storage_options: {{endpoint_url: '{moto_endpoint}'}}\n"
     )
-    result = _cli(["run", "--config", str(config_file), "--mode", "error", "--output-format", "json"])
+    result = _cli(
+        ["run", "--config", str(config_file), "--mode", "error", "--output-format", "json"]
+    )
 
     assert result.exit_code == 5, result.output
-    assert result.stderr.startswith("Error: "), result.stderr
-    assert "already holds a committed result" in result.stderr
-    assert first.run_id in result.stderr  # names the run that is in the way
+    error = _error_line(result.stderr)
+    assert error.startswith("Error: "), result.stderr
+    assert "already holds a committed result" in error
+    assert output_url in error
+    assert first.run_id in error  # names the run that is in the way
     assert result.stdout.strip() == ""  # no report for a refused run
     assert _objects(s3, f"{BUCKET}/scored/daily") == before
+    assert _versions(s3, "scored/daily/") == versions_before
     assert s3.cat_file(f"{BUCKET}/scored/daily/_manifest.json") == manifest_before
 
 
@@ -305,12 +357,22 @@ def test_cli_missing_s3_input_prefix_exits_3(s3, s3_model, moto_endpoint, monkey
         monkeypatch.setenv(f"BATCH_INFER_{section}__STORAGE_OPTIONS", options)
 
     result = _cli(
-        ["run", "--input", f"s3://{BUCKET}/no/such/prefix", "--output", f"s3://{BUCKET}/scored/x",
-         "--model", model_url, "--output-format", "json"]
+        [
+            "run",
+            "--input",
+            f"s3://{BUCKET}/no/such/prefix",
+            "--output",
+            f"s3://{BUCKET}/scored/x",
+            "--model",
+            model_url,
+            "--output-format",
+            "json",
+        ]
     )
 
     assert result.exit_code == 3, result.output
-    assert result.stderr.startswith("Error: "), result.stderr
-    assert "does not exist" in result.stderr
-    assert f"s3://{BUCKET}/no/such/prefix" in result.stderr
+    error = _error_line(result.stderr)
+    assert error.startswith("Error: "), result.stderr
+    assert "does not exist" in error
+    assert f"s3://{BUCKET}/no/such/prefix" in error
     assert not s3.find(f"{BUCKET}/scored")  # nothing written
