@@ -27,7 +27,19 @@ _EXPORTS = {
     "validate": "runner",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BatchInferError",
+    "ConfigError",
+    "InputError",
+    "ModelError",
+    "OutputConflictError",
+    "RunConfig",
+    "RunReport",
+    "ValidationReport",
+    "load_config",
+    "run",
+    "validate",
+]
 
 if TYPE_CHECKING:
     from .config import RunConfig, load_config

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import traceback
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -24,40 +24,54 @@ app = typer.Typer(
 )
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     text = "text"
     json = "json"
 
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file; env vars and flags override it.")
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file; env vars and flags override it."),
 ]
-InputOpt = Annotated[str | None, typer.Option("--input", "-i", help="Parquet file, directory, glob or URL.")]
+InputOpt = Annotated[
+    str | None, typer.Option("--input", "-i", help="Parquet file, directory, glob or URL.")
+]
 OutputOpt = Annotated[
-    str | None, typer.Option("--output", "-o", help="Output root (local or URL); may use {run_date}.")
+    str | None,
+    typer.Option("--output", "-o", help="Output root (local or URL); may use {run_date}."),
 ]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="joblib model or Pipeline.")]
-ScalerOpt = Annotated[str | None, typer.Option("--scaler", help="Separate joblib scaler, applied first.")]
+ScalerOpt = Annotated[
+    str | None, typer.Option("--scaler", help="Separate joblib scaler, applied first.")
+]
 FeaturesOpt = Annotated[
-    str | None, typer.Option("--features", help="Comma-separated feature columns (default: the model's).")
+    str | None,
+    typer.Option("--features", help="Comma-separated feature columns (default: the model's)."),
 ]
 PartitionOpt = Annotated[
     str | None, typer.Option("--partition-by", help="Comma-separated columns to hive-partition by.")
 ]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Rows per batch read and scored.")]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch-size", help="Rows per batch read and scored.")
+]
 ModeOpt = Annotated[
-    str | None, typer.Option("--mode", help="error (default): refuse a committed output; overwrite.")
+    str | None,
+    typer.Option("--mode", help="error (default): refuse a committed output; overwrite."),
 ]
 RunDateOpt = Annotated[
-    str | None, typer.Option("--run-date", help="Logical date YYYY-MM-DD: predicted_at and {run_date}.")
+    str | None,
+    typer.Option("--run-date", help="Logical date YYYY-MM-DD: predicted_at and {run_date}."),
 ]
 VersionOpt = Annotated[
     str | None, typer.Option("--model-version", help="model_version value (default: sha256[:12]).")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no summary; errors only.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress, no summary; errors only.")
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
 FormatOpt = Annotated[
-    OutputFormat, typer.Option("--output-format", help="text, or json: the last stdout line is one JSON object.")
+    OutputFormat,
+    typer.Option("--output-format", help="text, or json: the last stdout line is one JSON object."),
 ]
 
 
@@ -84,7 +98,16 @@ def run(
     """
     _setup_logging(quiet, verbose)
     overrides = _overrides(
-        input, output, model, scaler, features, partition_by, batch_size, mode, run_date, model_version
+        input,
+        output,
+        model,
+        scaler,
+        features,
+        partition_by,
+        batch_size,
+        mode,
+        run_date,
+        model_version,
     )
     with _errors(verbose):
         from .progress import LogProgress, NoProgress, RichProgress
@@ -120,7 +143,9 @@ def validate(
     Example: batch-infer validate -c configs/nightly.yaml --run-date 2026-01-31
     """
     _setup_logging(False, verbose)
-    overrides = _overrides(input, output, model, scaler, features, partition_by, None, mode, run_date, None)
+    overrides = _overrides(
+        input, output, model, scaler, features, partition_by, None, mode, run_date, None
+    )
     with _errors(verbose):
         from .runner import validate as validate_job
 
@@ -130,7 +155,9 @@ def validate(
 
 @app.command()
 def inspect(
-    path: Annotated[str, typer.Argument(help="A Parquet input (file, directory, glob, URL) or a model file.")],
+    path: Annotated[
+        str, typer.Argument(help="A Parquet input (file, directory, glob, URL) or a model file.")
+    ],
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
 ) -> None:

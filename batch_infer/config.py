@@ -35,7 +35,9 @@ class _Section(BaseModel):
 class InputConfig(_Section):
     """Where the Parquet input is and how to read it."""
 
-    path: str = Field(description="File, directory, glob or hive-partitioned dataset; any fsspec URL.")
+    path: str = Field(
+        description="File, directory, glob or hive-partitioned dataset; any fsspec URL."
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(65_536, gt=0, description="Rows per record batch read and scored.")
 

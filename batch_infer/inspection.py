@@ -77,7 +77,9 @@ def describe_model(path: str) -> Description:
     names = getattr(obj, "feature_names_in_", None)
     classes = getattr(obj, "classes_", None)
     steps = [f"{name}: {type(step).__name__}" for name, step in getattr(obj, "steps", [])]
-    kind = "classifier" if is_classifier(obj) else "regressor" if is_regressor(obj) else "transformer"
+    kind = (
+        "classifier" if is_classifier(obj) else "regressor" if is_regressor(obj) else "transformer"
+    )
     data = {
         "kind": "model",
         "path": artifact.url,
@@ -95,7 +97,9 @@ def describe_model(path: str) -> Description:
         f"Model {artifact.url}",
         f"  type       {data['type']} ({kind})",
         *([f"  steps      {', '.join(steps)}"] if steps else []),
-        f"  classes    {data['classes']}" if classes is not None else "  classes    (none: regressor or transformer)",
+        f"  classes    {data['classes']}"
+        if classes is not None
+        else "  classes    (none: regressor or transformer)",
         f"  features   {data['features'] or '(not recorded)'} ({data['n_features']} in all)",
         f"  sha256     {artifact.sha256}",
         f"  sklearn    saved with {artifact.saved_sklearn_version}, installed {sklearn.__version__}",

@@ -80,7 +80,9 @@ def load_model(config: ModelConfig) -> LoadedModel:
     """Load the estimator (and scaler), then work out its features, kind and version."""
     estimator = load_artifact(config.path, config.storage_options, role="model")
     scaler = (
-        load_artifact(config.scaler, config.storage_options, role="scaler") if config.scaler else None
+        load_artifact(config.scaler, config.storage_options, role="scaler")
+        if config.scaler
+        else None
     )
     if not hasattr(estimator.obj, "predict"):
         raise ModelError(
@@ -114,7 +116,9 @@ def load_artifact(url: str, storage_options: dict[str, Any], role: str) -> Artif
     except FileNotFoundError:
         raise ModelError(f"{role} file {url} does not exist", f"check --{role}") from None
     except OSError as exc:
-        raise ModelError(f"cannot read {role} file {url}: {first_line(exc)}", f"check --{role}") from None
+        raise ModelError(
+            f"cannot read {role} file {url}: {first_line(exc)}", f"check --{role}"
+        ) from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -130,8 +134,12 @@ def load_artifact(url: str, storage_options: dict[str, Any], role: str) -> Artif
                 "it must be a joblib file saved with compatible scikit-learn/numpy versions",
             ) from None
     saved_version = _saved_sklearn_version(obj, caught)
-    return Artifact(obj=obj, url=url, sha256=hashlib.sha256(data).hexdigest(),
-                    saved_sklearn_version=saved_version)
+    return Artifact(
+        obj=obj,
+        url=url,
+        sha256=hashlib.sha256(data).hexdigest(),
+        saved_sklearn_version=saved_version,
+    )
 
 
 def _saved_sklearn_version(obj: Any, caught: list[warnings.WarningMessage]) -> str | None:
@@ -144,7 +152,9 @@ def _saved_sklearn_version(obj: Any, caught: list[warnings.WarningMessage]) -> s
             saved = message.message.original_sklearn_version
             log.warning(
                 "%s was saved with scikit-learn %s but %s is installed; predictions may differ",
-                type(obj).__name__, saved, sklearn.__version__,
+                type(obj).__name__,
+                saved,
+                sklearn.__version__,
             )
             return saved
         warnings.warn_explicit(message.message, message.category, message.filename, message.lineno)
@@ -171,7 +181,9 @@ def _kind(estimator: Artifact) -> tuple[ModelKind, list[Any] | None]:
     return "regressor", None
 
 
-def _features(configured: list[str] | None, estimator: Artifact, scaler: Artifact | None) -> list[str]:
+def _features(
+    configured: list[str] | None, estimator: Artifact, scaler: Artifact | None
+) -> list[str]:
     """The feature columns, in the order the first step was fitted with."""
     first = scaler or estimator
     fitted_names = getattr(first.obj, "feature_names_in_", None)

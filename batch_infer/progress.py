@@ -58,7 +58,11 @@ class LogProgress:
         percent = 100.0 * self.rows / self.total_rows if self.total_rows else 100.0
         log.info(
             "scored %d/%d rows (%.0f%%), %d/%d row groups, %.0f rows/s",
-            self.rows, self.total_rows, percent, self.fragments, self.total_fragments,
+            self.rows,
+            self.total_rows,
+            percent,
+            self.fragments,
+            self.total_fragments,
             self.rows / elapsed,
         )
 

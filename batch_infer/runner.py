@@ -83,7 +83,12 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunReport:
     fragments = plan.fragments
     log.info(
         "scoring %d rows in %d file(s), %d row group(s) from %s into %s (run %s)",
-        plan.total_rows, len(plan.files), len(fragments), plan.root, target.url, target.run_id,
+        plan.total_rows,
+        len(plan.files),
+        len(fragments),
+        plan.root,
+        target.url,
+        target.run_id,
     )
     staged: list[StagedFragment] = []
     progress.start(plan.total_rows, len(fragments))

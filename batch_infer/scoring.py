@@ -69,7 +69,9 @@ def output_fields(model: LoadedModel, spec: ScoringSpec, label_type: pa.DataType
         if model.kind == "binary":
             fields.append(pa.field(names.probability, pa.float64()))
         else:
-            fields.extend(pa.field(f"{names.probability}_{c}", pa.float64()) for c in model.classes or [])
+            fields.extend(
+                pa.field(f"{names.probability}_{c}", pa.float64()) for c in model.classes or []
+            )
     fields.append(pa.field(names.predicted_at, PREDICTED_AT_TYPE))
     fields.append(pa.field(names.model_version, pa.string()))
     return fields
@@ -95,7 +97,9 @@ def score_batch(batch: pa.RecordBatch, model: LoadedModel, spec: ScoringSpec) ->
             if model.kind == "binary":
                 new_columns.append(pa.array(proba[:, 1], type=pa.float64()))
             else:
-                new_columns.extend(pa.array(proba[:, i], type=pa.float64()) for i in range(proba.shape[1]))
+                new_columns.extend(
+                    pa.array(proba[:, i], type=pa.float64()) for i in range(proba.shape[1])
+                )
         new_columns.append(pa.repeat(pa.scalar(spec.predicted_at, PREDICTED_AT_TYPE), rows))
         new_columns.append(pa.repeat(pa.scalar(spec.model_version, pa.string()), rows))
     return pa.RecordBatch.from_arrays(

@@ -207,4 +207,3 @@ def _move(fs: fsspec.AbstractFileSystem, sources: list[str], destinations: list[
     else:
         fs.copy(sources, destinations)
         fs.rm(sources)
-

@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import unquote
 
 import fsspec
@@ -145,7 +144,9 @@ def read_fragment(
     try:
         with fs.open(file.path, "rb") as handle:
             parquet = pq.ParquetFile(handle, metadata=file.metadata)
-            for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[fragment.row_group]):
+            for batch in parquet.iter_batches(
+                batch_size=batch_size, row_groups=[fragment.row_group]
+            ):
                 yield _conform(batch, schema, file, partition_schema)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(
@@ -166,7 +167,9 @@ def _conform(
         elif target.name in partition_schema.names:
             value = file.partition.get(target.name)
             scalar = pa.scalar(value, pa.string()).cast(target.type) if value is not None else None
-            columns.append(pa.array([scalar.as_py() if scalar else None] * batch.num_rows, target.type))
+            columns.append(
+                pa.array([scalar.as_py() if scalar else None] * batch.num_rows, target.type)
+            )
         else:
             columns.append(pa.nulls(batch.num_rows, target.type))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
@@ -187,7 +190,9 @@ def _list_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[str
         root = posixpath.dirname(path)
         files = [path]
     else:
-        raise InputError(f"input {url!r} does not exist", "check --input (a file, directory or glob)")
+        raise InputError(
+            f"input {url!r} does not exist", "check --input (a file, directory or glob)"
+        )
     files = sorted(set(files))
     if not files:
         raise InputError(
@@ -275,4 +280,3 @@ def _unify(files: list[InputFile], partition_schema: pa.Schema) -> pa.Schema:
         if key.name not in schema.names:
             schema = schema.append(key)
     return schema
-

@@ -17,7 +17,9 @@ from fsspec.implementations.local import LocalFileSystem
 from .errors import ConfigError, first_line
 
 
-def resolve(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def resolve(
+    url: str, storage_options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """URL -> (filesystem, path as that filesystem names it)."""
     try:
         return url_to_fs(url, **(storage_options or {}))
@@ -53,4 +55,3 @@ def write_bytes_atomically(fs: fsspec.AbstractFileSystem, path: str, data: bytes
         fs.mv(tmp, path)
     else:
         fs.pipe_file(path, data)
-

@@ -71,9 +71,13 @@ def write_dataset(rng: np.random.Generator) -> None:
             frame = churn_frame(rng, ROWS_PER_FILE, next_id)
             next_id += ROWS_PER_FILE
             if day_index == len(DATES) - 1 and file_index == 1:
-                frame = frame[["region", "total_charges", "customer_id", "tenure", "age", "monthly_charges"]]
+                frame = frame[
+                    ["region", "total_charges", "customer_id", "tenure", "age", "monthly_charges"]
+                ]
             table = pa.Table.from_pandas(frame, preserve_index=False)
-            pq.write_table(table, folder / f"part-{file_index}.parquet", row_group_size=ROW_GROUP_SIZE)
+            pq.write_table(
+                table, folder / f"part-{file_index}.parquet", row_group_size=ROW_GROUP_SIZE
+            )
 
 
 def write_models(rng: np.random.Generator) -> None:
@@ -88,7 +92,9 @@ def write_models(rng: np.random.Generator) -> None:
     joblib.dump(scaler, models / "scaler.joblib")
     joblib.dump(model, models / "model.joblib")
 
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1_000)).fit(features, labels)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1_000)).fit(
+        features, labels
+    )
     joblib.dump(pipeline, models / "pipeline.joblib")
 
 

@@ -88,7 +88,9 @@ def trained_models(tmp_path_factory) -> dict[str, Path]:
     paths = {}
     models = {
         "binary": make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, binary),
-        "multiclass": RandomForestClassifier(n_estimators=10, max_depth=5, random_state=0).fit(X, multi),
+        "multiclass": RandomForestClassifier(n_estimators=10, max_depth=5, random_state=0).fit(
+            X, multi
+        ),
         "regressor": LinearRegression().fit(X, value),
     }
     for name, model in models.items():
@@ -98,7 +100,9 @@ def trained_models(tmp_path_factory) -> dict[str, Path]:
     paths["scaler"] = folder / "scaler.joblib"
     joblib.dump(scaler, paths["scaler"])
     paths["scaled_model"] = folder / "scaled_model.joblib"
-    joblib.dump(LogisticRegression(max_iter=500).fit(scaler.transform(X), binary), paths["scaled_model"])
+    joblib.dump(
+        LogisticRegression(max_iter=500).fit(scaler.transform(X), binary), paths["scaled_model"]
+    )
     paths["array_model"] = folder / "array_model.joblib"
     joblib.dump(LogisticRegression(max_iter=500).fit(X.to_numpy(), binary), paths["array_model"])
     return paths

@@ -27,8 +27,19 @@ def test_run_json_last_line_is_one_object(tmp_path, trained_models, churn_input)
     out = tmp_path / "out"
     result = runner.invoke(
         app,
-        ["run", "-i", str(churn_input), "-o", str(out), "-m", str(trained_models["binary"]),
-         "--output-format", "json", "--run-date", "2026-03-01"],
+        [
+            "run",
+            "-i",
+            str(churn_input),
+            "-o",
+            str(out),
+            "-m",
+            str(trained_models["binary"]),
+            "--output-format",
+            "json",
+            "--run-date",
+            "2026-03-01",
+        ],
     )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -39,9 +50,20 @@ def test_run_json_last_line_is_one_object(tmp_path, trained_models, churn_input)
     assert summary["seconds"] > 0
 
 
-def test_text_summary_and_plain_log_lines_when_not_a_terminal(tmp_path, trained_models, churn_input):
+def test_text_summary_and_plain_log_lines_when_not_a_terminal(
+    tmp_path, trained_models, churn_input
+):
     result = runner.invoke(
-        app, ["run", "-i", str(churn_input), "-o", str(tmp_path / "out"), "-m", str(trained_models["binary"])]
+        app,
+        [
+            "run",
+            "-i",
+            str(churn_input),
+            "-o",
+            str(tmp_path / "out"),
+            "-m",
+            str(trained_models["binary"]),
+        ],
     )
     assert result.exit_code == 0, result.stderr
     assert "Committed 5,000 rows" in result.stdout
@@ -51,7 +73,17 @@ def test_text_summary_and_plain_log_lines_when_not_a_terminal(tmp_path, trained_
 
 def test_quiet_prints_nothing_on_success(tmp_path, trained_models, churn_input):
     result = runner.invoke(
-        app, ["run", "-q", "-i", str(churn_input), "-o", str(tmp_path / "out"), "-m", str(trained_models["binary"])]
+        app,
+        [
+            "run",
+            "-q",
+            "-i",
+            str(churn_input),
+            "-o",
+            str(tmp_path / "out"),
+            "-m",
+            str(trained_models["binary"]),
+        ],
     )
     assert result.exit_code == 0
     assert result.stdout == "" and result.stderr == ""
@@ -65,8 +97,12 @@ def test_flags_override_env_which_overrides_yaml(tmp_path, trained_models, churn
         model={"path": str(trained_models["binary"])},
         output={"path": str(tmp_path / "yaml-out"), "mode": "error"},
     )
-    environ = {"BATCH_INFER_OUTPUT__PATH": str(tmp_path / "env-out"), "BATCH_INFER_INPUT__BATCH_SIZE": "20",
-               "BATCH_INFER_OUTPUT__PARTITION_BY": "day,region", "UNRELATED": "x"}
+    environ = {
+        "BATCH_INFER_OUTPUT__PATH": str(tmp_path / "env-out"),
+        "BATCH_INFER_INPUT__BATCH_SIZE": "20",
+        "BATCH_INFER_OUTPUT__PARTITION_BY": "day,region",
+        "UNRELATED": "x",
+    }
     loaded = load_config(config, {"input": {"batch_size": 30}}, environ=environ)
     assert loaded.output.path == str(tmp_path / "env-out")
     assert loaded.input.batch_size == 30
@@ -97,14 +133,26 @@ def test_unknown_config_key_is_a_usage_error(tmp_path, trained_models, churn_inp
     )
     result = runner.invoke(app, ["run", "-c", str(config)])
     assert result.exit_code == 2
-    assert result.stderr.startswith("Error: invalid configuration: input.bach_size: unknown field — fix the field")
+    assert result.stderr.startswith(
+        "Error: invalid configuration: input.bach_size: unknown field — fix the field"
+    )
 
 
 def test_validate_writes_nothing(tmp_path, trained_models, churn_input):
     out = tmp_path / "out"
     result = runner.invoke(
-        app, ["validate", "-i", str(churn_input), "-o", str(out), "-m", str(trained_models["binary"]),
-              "--output-format", "json"]
+        app,
+        [
+            "validate",
+            "-i",
+            str(churn_input),
+            "-o",
+            str(out),
+            "-m",
+            str(trained_models["binary"]),
+            "--output-format",
+            "json",
+        ],
     )
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -131,8 +179,20 @@ def test_help_lists_commands_and_examples():
     result = runner.invoke(app, ["run", "--help"])
     assert result.exit_code == 0
     assert "Example: batch-infer run" in result.stdout
-    for flag in ("--config", "--input", "--output", "--model", "--scaler", "--features", "--partition-by",
-                 "--batch-size", "--mode", "--run-date", "--quiet", "--output-format"):
+    for flag in (
+        "--config",
+        "--input",
+        "--output",
+        "--model",
+        "--scaler",
+        "--features",
+        "--partition-by",
+        "--batch-size",
+        "--mode",
+        "--run-date",
+        "--quiet",
+        "--output-format",
+    ):
         assert flag in result.stdout
 
 
@@ -141,9 +201,24 @@ def test_real_subprocess_scores_the_sample(tmp_path):
     out = tmp_path / "scores"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCH_INFER_")}
     completed = subprocess.run(
-        [sys.executable, "-m", "batch_infer", "run", "-c", "configs/ci_smoke.yaml", "-o", str(out),
-         "--output-format", "json"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "batch_infer",
+            "run",
+            "-c",
+            "configs/ci_smoke.yaml",
+            "-o",
+            str(out),
+            "--output-format",
+            "json",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -153,10 +228,19 @@ def test_real_subprocess_scores_the_sample(tmp_path):
 
     again = subprocess.run(
         [sys.executable, "-m", "batch_infer", "run", "-c", "configs/ci_smoke.yaml", "-o", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert again.returncode == 5
-    assert again.stderr.strip().splitlines()[-1].startswith(f"Error: {out} already holds a committed result")
+    assert (
+        again.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: {out} already holds a committed result")
+    )
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -27,7 +27,9 @@ def test_binary_classifier_matches_direct_call(tmp_path, trained_models, churn_i
     scored = _scored(out)
 
     assert scored["prediction"].tolist() == model.predict(frame[FEATURES]).tolist()
-    assert np.array_equal(scored["probability"].to_numpy(), model.predict_proba(frame[FEATURES])[:, 1])
+    assert np.array_equal(
+        scored["probability"].to_numpy(), model.predict_proba(frame[FEATURES])[:, 1]
+    )
     assert scored["prediction"].dtype == np.int64
 
 
@@ -62,7 +64,10 @@ def test_regressor_has_prediction_and_no_probability(tmp_path, trained_models, c
 def test_separate_scaler_and_model_match_direct_call(tmp_path, trained_models, churn_input):
     out = tmp_path / "out"
     config = make_config(
-        churn_input, out, trained_models["scaled_model"], model={"scaler": str(trained_models["scaler"])}
+        churn_input,
+        out,
+        trained_models["scaled_model"],
+        model={"scaler": str(trained_models["scaler"])},
     )
     report = run(config)
     scaler = joblib.load(trained_models["scaler"])
@@ -99,5 +104,8 @@ def test_odd_batch_sizes_agree_to_the_last_bits(tmp_path, trained_models, churn_
     scored = _scored(out)
     assert scored["prediction"].tolist() == model.predict(frame[FEATURES]).tolist()
     np.testing.assert_allclose(
-        scored["probability"].to_numpy(), model.predict_proba(frame[FEATURES])[:, 1], rtol=1e-12, atol=0
+        scored["probability"].to_numpy(),
+        model.predict_proba(frame[FEATURES])[:, 1],
+        rtol=1e-12,
+        atol=0,
     )

@@ -17,9 +17,15 @@ from .conftest import FEATURES, churn_table, make_config, read_output, write_par
 
 def test_hive_keys_become_columns_and_output_is_partitioned(tmp_path, trained_models, churn_input):
     out = tmp_path / "out"
-    run(make_config(churn_input, out, trained_models["binary"], output={"partition_by": ["day", "region"]}))
+    run(
+        make_config(
+            churn_input, out, trained_models["binary"], output={"partition_by": ["day", "region"]}
+        )
+    )
     dirs = sorted(p.relative_to(out).as_posix() for p in out.glob("day=*/region=*"))
-    assert dirs == [f"day={d}/region={r}" for d in (1, 2) for r in ("east", "north", "south", "west")]
+    assert dirs == [
+        f"day={d}/region={r}" for d in (1, 2) for r in ("east", "north", "south", "west")
+    ]
     table = read_output(out).to_pandas()
     assert table.num_rows if hasattr(table, "num_rows") else len(table) == 5_000
     by_day = table.groupby("day")["customer_id"].agg(["min", "max", "count"])
@@ -68,12 +74,14 @@ def test_predicted_at_is_one_timestamp_for_the_whole_run(tmp_path, trained_model
 def test_input_columns_pass_through_unchanged_in_input_order(tmp_path, trained_models):
     rows = 1_500
     base = churn_table(rows, seed=5)
-    table = base.append_column(
-        "tags", pa.array([[f"t{i}", "x"] for i in range(rows)], pa.list_(pa.string()))
-    ).append_column(
-        "address", pa.array([{"city": f"c{i % 7}", "zip": i} for i in range(rows)])
-    ).append_column(
-        "signup", pa.array([dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(rows)])
+    table = (
+        base.append_column(
+            "tags", pa.array([[f"t{i}", "x"] for i in range(rows)], pa.list_(pa.string()))
+        )
+        .append_column("address", pa.array([{"city": f"c{i % 7}", "zip": i} for i in range(rows)]))
+        .append_column(
+            "signup", pa.array([dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(rows)])
+        )
     )
     source = write_parquet(table, tmp_path / "in" / "data.parquet", row_group_size=400)
     out = tmp_path / "out"
@@ -81,14 +89,19 @@ def test_input_columns_pass_through_unchanged_in_input_order(tmp_path, trained_m
     scored = read_output(out)
     assert scored.select(table.column_names).equals(table)
     assert scored.column_names == table.column_names + [
-        "prediction", "probability", "predicted_at", "model_version"
+        "prediction",
+        "probability",
+        "predicted_at",
+        "model_version",
     ]
 
 
 def test_files_with_different_column_order_are_aligned(tmp_path, trained_models):
     table = churn_table(2_000, seed=3)
     write_parquet(table.slice(0, 1_000), tmp_path / "in" / "a.parquet")
-    reordered = table.slice(1_000).select(["region", "total_charges", "customer_id", "tenure", "age", "monthly_charges"])
+    reordered = table.slice(1_000).select(
+        ["region", "total_charges", "customer_id", "tenure", "age", "monthly_charges"]
+    )
     write_parquet(reordered, tmp_path / "in" / "b.parquet")
     out = tmp_path / "out"
     run(make_config(tmp_path / "in", out, trained_models["binary"]))
@@ -106,9 +119,12 @@ def test_numeric_feature_types_are_converted(tmp_path, trained_models):
         {
             "customer_id": base.column("customer_id"),
             "age": base.column("age").cast(pa.int8()),
-            "tenure": pa.array(base.column("tenure").to_numpy().astype("uint16")).dictionary_encode(),
+            "tenure": pa.array(
+                base.column("tenure").to_numpy().astype("uint16")
+            ).dictionary_encode(),
             "monthly_charges": pa.array(
-                [Decimal(str(v)) for v in base.column("monthly_charges").to_pylist()], pa.decimal128(8, 2)
+                [Decimal(str(v)) for v in base.column("monthly_charges").to_pylist()],
+                pa.decimal128(8, 2),
             ),
             "total_charges": base.column("total_charges").cast(pa.float32()),
         }
@@ -130,27 +146,49 @@ def test_boolean_features_are_numbers(tmp_path):
 
     frame = churn_table(400, seed=2).to_pandas()
     frame["is_senior"] = frame["age"] > 60
-    model = LogisticRegression().fit(frame[["is_senior", "tenure"]].astype("float64"), frame["tenure"] > 30)
+    model = LogisticRegression().fit(
+        frame[["is_senior", "tenure"]].astype("float64"), frame["tenure"] > 30
+    )
     joblib.dump(model, tmp_path / "m.joblib")
-    source = write_parquet(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "in.parquet")
+    source = write_parquet(
+        pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "in.parquet"
+    )
     run(make_config(source, tmp_path / "out", tmp_path / "m.joblib"))
     scored = read_output(tmp_path / "out").to_pandas()
-    assert scored["prediction"].tolist() == model.predict(frame[["is_senior", "tenure"]].astype("float64")).tolist()
+    assert (
+        scored["prediction"].tolist()
+        == model.predict(frame[["is_senior", "tenure"]].astype("float64")).tolist()
+    )
     assert scored["prediction"].dtype == bool
 
 
-def test_model_without_feature_names_uses_configured_features(tmp_path, trained_models, churn_input):
+def test_model_without_feature_names_uses_configured_features(
+    tmp_path, trained_models, churn_input
+):
     out = tmp_path / "out"
-    run(make_config(churn_input, out, trained_models["array_model"], model={"features": ",".join(FEATURES)}))
+    run(
+        make_config(
+            churn_input, out, trained_models["array_model"], model={"features": ",".join(FEATURES)}
+        )
+    )
     assert read_output(out).num_rows == 5_000
 
 
 def test_renamed_output_columns_and_model_version(tmp_path, trained_models, churn_input):
     out = tmp_path / "out"
     config = make_config(
-        churn_input, out, trained_models["binary"],
+        churn_input,
+        out,
+        trained_models["binary"],
         model={"version": "v7"},
-        output={"columns": {"prediction": "churn", "probability": "churn_p", "predicted_at": "at", "model_version": "mv"}},
+        output={
+            "columns": {
+                "prediction": "churn",
+                "probability": "churn_p",
+                "predicted_at": "at",
+                "model_version": "mv",
+            }
+        },
     )
     run(config)
     scored = read_output(out)
@@ -166,7 +204,9 @@ def test_mode_error_refuses_and_overwrite_replaces(tmp_path, trained_models, chu
         run(make_config(churn_input, out, trained_models["binary"]))
     assert (out / "_manifest.json").read_text() == old_manifest
 
-    report = run(make_config(churn_input, out, trained_models["regressor"], output={"mode": "overwrite"}))
+    report = run(
+        make_config(churn_input, out, trained_models["regressor"], output={"mode": "overwrite"})
+    )
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
     manifest = json.loads((out / "_manifest.json").read_text())
     assert files == sorted(f["path"] for f in manifest["files"])
@@ -176,7 +216,12 @@ def test_mode_error_refuses_and_overwrite_replaces(tmp_path, trained_models, chu
 
 
 def test_run_date_fills_output_path(tmp_path, trained_models, churn_input):
-    config = make_config(churn_input, tmp_path / "scores" / "dt={run_date}", trained_models["binary"], run_date="2026-02-03")
+    config = make_config(
+        churn_input,
+        tmp_path / "scores" / "dt={run_date}",
+        trained_models["binary"],
+        run_date="2026-02-03",
+    )
     report = run(config)
     assert (tmp_path / "scores" / "dt=2026-02-03" / "_SUCCESS").exists()
     assert report.output.endswith("dt=2026-02-03")
