@@ -65,6 +65,9 @@ RunDateOpt = Annotated[
 VersionOpt = Annotated[
     str | None, typer.Option("--model-version", help="model_version value (default: sha256[:12]).")
 ]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="Row groups scored side by side (default: cores).")
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress, no summary; errors only.")
 ]
@@ -88,6 +91,7 @@ def run(
     mode: ModeOpt = None,
     run_date: RunDateOpt = None,
     model_version: VersionOpt = None,
+    workers: WorkersOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
@@ -109,6 +113,7 @@ def run(
         run_date,
         model_version,
     )
+    overrides["workers"] = workers
     with _errors(verbose):
         from .progress import LogProgress, NoProgress, RichProgress
         from .runner import run as run_job

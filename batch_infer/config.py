@@ -39,7 +39,11 @@ class InputConfig(_Section):
         description="File, directory, glob or hive-partitioned dataset; any fsspec URL."
     )
     storage_options: dict[str, Any] = Field(default_factory=dict)
-    batch_size: int = Field(65_536, gt=0, description="Rows per record batch read and scored.")
+    batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="Rows per batch read and scored; default: ~64 MiB of each row group.",
+    )
 
 
 class ModelConfig(_Section):
@@ -86,6 +90,9 @@ class RunConfig(_Section):
     output: OutputConfig
     run_date: dt.date | None = Field(
         None, description="Logical date: sets predicted_at to its midnight UTC and {run_date}."
+    )
+    workers: int | None = Field(
+        None, gt=0, description="Fragments scored side by side (default: the number of cores)."
     )
 
     @property
@@ -198,6 +205,7 @@ FLAGS = {
     "output.partition_by": "--partition-by",
     "output.mode": "--mode",
     "run_date": "--run-date",
+    "workers": "--workers",
 }
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 from . import sinks, sources, storage
 from .config import OutputConfig, RunConfig
 from .errors import ConfigError, InputError, first_line
+from .executor import available_cores, library_threads, run_parallel
 from .model import LoadedModel, load_model
 from .progress import NoProgress, Progress
 from .report import RunReport, ValidationReport
@@ -37,7 +38,8 @@ class FragmentJob:
     input_schema: pa.Schema
     partition_schema: pa.Schema
     output_schema: pa.Schema
-    batch_size: int
+    batch_size: int | None
+    decode_threads: bool
     model: LoadedModel
     spec: ScoringSpec
     target: sinks.OutputTarget
@@ -69,12 +71,14 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunReport:
     progress = progress or NoProgress()
     prepared = _prepare(config, run_id=_new_run_id())
     plan, target = prepared.plan, prepared.target
+    workers = config.workers or available_cores()
     job = FragmentJob(
         input_fs=plan.fs,
         input_schema=plan.schema,
         partition_schema=plan.partition_schema,
         output_schema=prepared.output_schema,
         batch_size=config.input.batch_size,
+        decode_threads=workers == 1,
         model=prepared.model,
         spec=prepared.spec,
         target=target,
@@ -90,12 +94,15 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunReport:
         target.url,
         target.run_id,
     )
-    staged: list[StagedFragment] = []
     progress.start(plan.total_rows, len(fragments))
     try:
-        for fragment in fragments:
-            staged.append(score_fragment(fragment, job, on_rows=progress.advance))
-            progress.advance(fragments=1)
+        with library_threads(workers, available_cores()):
+            staged = run_parallel(
+                lambda fragment: score_fragment(fragment, job),
+                fragments,
+                workers,
+                on_result=lambda done: progress.advance(rows=done.rows, fragments=1),
+            )
         files = [f for s in staged for f in s.files]
         rows_out = sum(s.rows for s in staged)
         if rows_out != plan.total_rows:  # a row lost or doubled is a bug, never a result
@@ -143,14 +150,17 @@ def validate(config: RunConfig) -> ValidationReport:
     )
 
 
-def score_fragment(
-    fragment: sources.Fragment, job: FragmentJob, on_rows: Any = None
-) -> StagedFragment:
+def score_fragment(fragment: sources.Fragment, job: FragmentJob) -> StagedFragment:
     """Read one row group, score it and stage its output; touches nothing outside staging."""
 
     def scored() -> Iterator[pa.RecordBatch]:
         for batch in sources.read_fragment(
-            job.input_fs, fragment, job.input_schema, job.partition_schema, job.batch_size
+            job.input_fs,
+            fragment,
+            job.input_schema,
+            job.partition_schema,
+            job.batch_size,
+            job.decode_threads,
         ):
             try:
                 result = score_batch(batch, job.model, job.spec)
@@ -159,8 +169,6 @@ def score_fragment(
                     f"the model could not score {fragment.describe()}: {first_line(exc)}",
                     "check that feature values are finite and of the kind the model was fitted on",
                 ) from None
-            if on_rows is not None:
-                on_rows(rows=batch.num_rows)
             yield result
 
     files = sinks.stage_fragment(scored(), job.output_schema, job.target, fragment.name, job.output)

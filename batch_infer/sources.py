@@ -23,6 +23,8 @@ from .config import InputConfig
 from .errors import InputError, first_line
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+BATCH_BYTES = 64 * 1024 * 1024  # decoded bytes per batch when no batch size is configured
+MIN_BATCH_ROWS = 1024
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -73,6 +75,12 @@ class Fragment:
 
     def describe(self) -> str:
         return f"row group {self.row_group} of {self.file.url}"
+
+    def batch_rows(self, target_bytes: int = BATCH_BYTES) -> int:
+        """Rows per batch so a decoded batch holds about ``target_bytes``, whatever the row width."""
+        row_group = self.file.metadata.row_group(self.row_group)
+        bytes_per_row = max(1.0, row_group.total_byte_size / max(1, row_group.num_rows))
+        return max(MIN_BATCH_ROWS, min(max(1, self.num_rows), int(target_bytes / bytes_per_row)))
 
 
 @dataclass(eq=False)
@@ -137,17 +145,25 @@ def read_fragment(
     fragment: Fragment,
     schema: pa.Schema,
     partition_schema: pa.Schema,
-    batch_size: int,
+    batch_size: int | None = None,
+    use_threads: bool = True,
 ) -> Iterator[pa.RecordBatch]:
-    """Stream one row group as record batches laid out in the plan's unified ``schema``."""
+    """Stream one row group as record batches laid out in the plan's unified ``schema``.
+
+    ``use_threads`` decodes columns on pyarrow's pool; turn it off when fragments already run
+    side by side, where it only adds contention.
+    """
     file = fragment.file
     try:
-        with fs.open(file.path, "rb") as handle:
-            parquet = pq.ParquetFile(handle, metadata=file.metadata)
-            for batch in parquet.iter_batches(
-                batch_size=batch_size, row_groups=[fragment.row_group]
-            ):
-                yield _conform(batch, schema, file, partition_schema)
+        parquet = pq.ParquetFile(
+            file.path, filesystem=storage.arrow_filesystem(fs), metadata=file.metadata
+        )
+        for batch in parquet.iter_batches(
+            batch_size=batch_size or fragment.batch_rows(),
+            row_groups=[fragment.row_group],
+            use_threads=use_threads,
+        ):
+            yield _conform(batch, schema, file, partition_schema)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(
             f"cannot read {fragment.describe()}: {first_line(exc)}",
@@ -229,8 +245,7 @@ def _sizes(fs: fsspec.AbstractFileSystem, paths: list[str]) -> dict[str, int]:
 def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
     url = storage.display(fs, path)
     try:
-        with fs.open(path, "rb") as handle:
-            return pq.ParquetFile(handle).metadata
+        return pq.ParquetFile(path, filesystem=storage.arrow_filesystem(fs)).metadata
     except (pa.ArrowException, OSError) as exc:
         raise InputError(
             f"{url} is not a readable Parquet file: {first_line(exc)}",

@@ -11,6 +11,7 @@ import posixpath
 from typing import Any
 
 import fsspec
+import pyarrow.fs as pafs
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -32,6 +33,14 @@ def resolve(
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
+
+
+def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
+    """The pyarrow view of a filesystem: native for local disks (reads release the GIL),
+    wrapped for everything else (s3fs, gcsfs, memory, ...)."""
+    if is_local(fs):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 def join(*parts: str) -> str:

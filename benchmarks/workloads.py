@@ -1,0 +1,187 @@
+"""Workloads the benchmark times, each run as its own process: data, IO bound, naive loop.
+
+    python benchmarks/workloads.py make-data ROWS FILES OUT_DIR
+    python benchmarks/workloads.py make-models MODELS_DIR
+    python benchmarks/workloads.py io-bound INPUT OUT_DIR THREADS
+    python benchmarks/workloads.py model-bound INPUT MODELS_DIR MODEL      (prints CPU seconds)
+    python benchmarks/workloads.py naive INPUT MODELS_DIR MODEL OUT_FILE
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROW_GROUP = 128 * 1024
+FEATURES = ["age", "tenure", "monthly_charges", "total_charges"]
+REGIONS = np.array(["north", "south", "east", "west", "central"])
+
+
+def churn_batch(rng: np.random.Generator, first_id: int, rows: int) -> pa.RecordBatch:
+    """Churn-like rows: ids, 4 numeric features, a string and a date column."""
+    tenure = rng.integers(0, 72, rows).astype("int32")
+    monthly = np.round(rng.uniform(18.0, 120.0, rows), 2)
+    return pa.record_batch(
+        {
+            "customer_id": np.arange(first_id, first_id + rows, dtype="int64"),
+            "age": rng.integers(18, 90, rows).astype("int32"),
+            "tenure": tenure,
+            "monthly_charges": monthly,
+            "total_charges": np.round(monthly * tenure + rng.uniform(0, 50, rows), 2),
+            "region": pa.array(REGIONS[rng.integers(0, len(REGIONS), rows)]),
+            "event_date": pa.array(
+                np.datetime64("2026-01-01") + rng.integers(0, 28, rows).astype("timedelta64[D]")
+            ),
+        }
+    )
+
+
+def make_data(rows: int, files: int, out_dir: str) -> None:
+    """Seeded: the same rows whether written to one file or spread over many."""
+    rng = np.random.default_rng(12345)
+    os.makedirs(out_dir, exist_ok=True)
+    per_file = -(-rows // files)
+    written = 0
+    for index in range(files):
+        count = min(per_file, rows - written)
+        path = os.path.join(out_dir, f"part-{index:03d}.parquet")
+        with pq.ParquetWriter(path, churn_batch(rng, 0, 1).schema) as writer:
+            done = 0
+            while done < count:
+                step = min(ROW_GROUP, count - done)
+                writer.write_batch(churn_batch(rng, written + done, step), row_group_size=ROW_GROUP)
+                done += step
+        written += count
+
+
+def make_models(models_dir: str) -> None:
+    import joblib
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(7)
+    frame = pa.Table.from_batches([churn_batch(rng, 0, 200_000)]).to_pandas()
+    X = frame[FEATURES].astype("float64")
+    logit = -0.03 * (X["age"] - 50) - 0.06 * (X["tenure"] - 36) + 0.025 * (X["monthly_charges"] - 70)
+    y = (rng.uniform(size=len(X)) < 1 / (1 + np.exp(-logit))).astype("int64")
+    os.makedirs(models_dir, exist_ok=True)
+    scaler = StandardScaler().fit(X)
+    joblib.dump(scaler, f"{models_dir}/scaler.joblib")
+    joblib.dump(LogisticRegression().fit(scaler.transform(X), y), f"{models_dir}/logreg.joblib")
+    joblib.dump(
+        HistGradientBoostingClassifier(max_iter=200, early_stopping=False, random_state=0).fit(X, y),
+        f"{models_dir}/hgb.joblib",
+    )
+    joblib.dump(
+        RandomForestClassifier(n_estimators=100, max_depth=12, random_state=0, n_jobs=-1).fit(X[:50_000], y[:50_000]).set_params(n_jobs=None),
+        f"{models_dir}/forest.joblib",
+    )
+
+
+def _files(input_path: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(input_path, "*.parquet"))) if os.path.isdir(input_path) else [input_path]
+
+
+def io_bound(input_path: str, out_dir: str, threads: int) -> None:
+    """Stream-read every row group and write it back with three extra columns, zstd: no model."""
+    os.makedirs(out_dir, exist_ok=True)
+    units = [(f, rg) for f in _files(input_path) for rg in range(pq.ParquetFile(f).num_row_groups)]
+    stamp = pa.scalar(0, pa.timestamp("us", tz="UTC"))
+
+    def work(worker: int) -> None:
+        mine = units[worker::threads]
+        if not mine:
+            return
+        writer = None
+        for path, rg in mine:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP, row_groups=[rg]):
+                n = batch.num_rows
+                extra = [
+                    pa.array(np.zeros(n, dtype="int64")),
+                    pa.array(np.random.default_rng(rg).uniform(size=n)),
+                    pa.repeat(stamp, n),
+                ]
+                batch = pa.RecordBatch.from_arrays(
+                    batch.columns + extra, names=batch.schema.names + ["prediction", "probability", "predicted_at"]
+                )
+                if writer is None:
+                    writer = pq.ParquetWriter(f"{out_dir}/part-{worker}.parquet", batch.schema, compression="zstd")
+                writer.write_batch(batch)
+        writer.close()
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
+def _load(models_dir: str, model: str):
+    import joblib
+
+    if model == "logreg":
+        return joblib.load(f"{models_dir}/scaler.joblib"), joblib.load(f"{models_dir}/logreg.joblib")
+    return None, joblib.load(f"{models_dir}/{model}.joblib")
+
+
+def model_bound(input_path: str, models_dir: str, model: str) -> None:
+    """CPU seconds of scaler + predict + predict_proba on the whole feature matrix in memory."""
+    import pandas as pd
+
+    scaler, estimator = _load(models_dir, model)
+    table = pa.concat_tables(pq.read_table(f, columns=FEATURES) for f in _files(input_path))
+    X = table.to_pandas()
+    del table
+    cpu = time.process_time()
+    wall = time.perf_counter()
+    features = scaler.transform(X) if scaler is not None else X
+    if scaler is not None:
+        features = pd.DataFrame(features)
+    estimator.predict(features)
+    estimator.predict_proba(features)
+    print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall}))
+
+
+def naive(input_path: str, models_dir: str, model: str, out_file: str) -> None:
+    """What a user writes by hand: iter_batches -> to_pandas -> predict -> append -> concat -> to_parquet."""
+    import pandas as pd
+
+    scaler, estimator = _load(models_dir, model)
+    frames = []
+    for path in _files(input_path):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP):
+            frame = batch.to_pandas()
+            X = frame[FEATURES]
+            if scaler is not None:
+                X = scaler.transform(X)
+            frame["prediction"] = estimator.predict(X)
+            frame["probability"] = estimator.predict_proba(X)[:, 1]
+            frame["predicted_at"] = pd.Timestamp.now(tz="UTC")
+            frames.append(frame)
+    pd.concat(frames, ignore_index=True).to_parquet(out_file, compression="zstd")
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    if command == "make-data":
+        make_data(int(args[0]), int(args[1]), args[2])
+    elif command == "make-models":
+        make_models(args[0])
+    elif command == "io-bound":
+        io_bound(args[0], args[1], int(args[2]))
+    elif command == "model-bound":
+        model_bound(args[0], args[1], args[2])
+    elif command == "naive":
+        naive(*args)
+    else:
+        raise SystemExit(__doc__)
