@@ -46,6 +46,7 @@ class LoadedModel:
     classes: list[Any] | None
     has_probability: bool
     version: str
+    labels_from_probability: bool = False
 
     @property
     def sha256(self) -> str:
@@ -71,9 +72,12 @@ class LoadedModel:
         """Labels (or values) and, for classifiers that have it, class probabilities."""
         features = self.transform(matrix)
         estimator = self.estimator.obj
-        labels = np.asarray(estimator.predict(features))
-        proba = np.asarray(estimator.predict_proba(features)) if self.has_probability else None
-        return labels, proba
+        if not self.has_probability:
+            return np.asarray(estimator.predict(features)), None
+        proba = np.asarray(estimator.predict_proba(features))
+        if self.labels_from_probability:
+            return np.asarray(estimator.classes_).take(np.argmax(proba, axis=1)), proba
+        return np.asarray(estimator.predict(features)), proba
 
 
 def load_model(config: ModelConfig) -> LoadedModel:
@@ -95,15 +99,31 @@ def load_model(config: ModelConfig) -> LoadedModel:
             "point --scaler at a fitted transformer such as a StandardScaler",
         )
     kind, classes = _kind(estimator)
+    has_probability = kind != "regressor" and hasattr(estimator.obj, "predict_proba")
     return LoadedModel(
         estimator=estimator,
         scaler=scaler,
         features=_features(config.features, estimator, scaler),
         kind=kind,
         classes=classes,
-        has_probability=kind != "regressor" and hasattr(estimator.obj, "predict_proba"),
+        has_probability=has_probability,
         version=config.version or estimator.sha256[:12],
+        labels_from_probability=has_probability and _predicts_argmax_of_proba(estimator.obj),
     )
+
+
+def _predicts_argmax_of_proba(estimator: Any) -> bool:
+    """Classifiers whose ``predict`` is literally ``classes_[argmax(predict_proba)]``.
+
+    For them, one ``predict_proba`` call gives both columns, exactly as ``predict`` would, and
+    the model's work is not done twice (a forest's predict runs every tree again).
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble._forest import ForestClassifier
+
+    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    known = (ForestClassifier, HistGradientBoostingClassifier)
+    return type(final).predict in {cls.predict for cls in known}
 
 
 def load_artifact(url: str, storage_options: dict[str, Any], role: str) -> Artifact:

@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import pyarrow as pa
 
 from . import sinks, sources, storage
 from .config import OutputConfig, RunConfig
-from .errors import ConfigError, InputError, first_line
+from .errors import BatchInferError, ConfigError, InputError, first_line
 from .executor import available_cores, library_threads, run_parallel
 from .model import LoadedModel, load_model
 from .progress import NoProgress, Progress
@@ -44,6 +45,7 @@ class FragmentJob:
     spec: ScoringSpec
     target: sinks.OutputTarget
     output: OutputConfig
+    dictionary_columns: list[str]
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,14 @@ class _Prepared:
     output_schema: pa.Schema
     target: sinks.OutputTarget
 
+    @property
+    def probability_columns(self) -> set[str]:
+        return {
+            name
+            for name in self.output_schema.names[len(self.plan.schema) :]
+            if name.startswith(self.config.output.columns.probability)
+        }
+
 
 def run(config: RunConfig, progress: Progress | None = None) -> RunReport:
     """Score the input with the model and commit the output. Raises a BatchInferError on failure."""
@@ -83,6 +93,9 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunReport:
         spec=prepared.spec,
         target=target,
         output=config.output,
+        dictionary_columns=sinks.dictionary_columns(
+            prepared.output_schema, prepared.probability_columns, config.output.partition_by
+        ),
     )
     fragments = plan.fragments
     log.info(
@@ -171,15 +184,30 @@ def score_fragment(fragment: sources.Fragment, job: FragmentJob) -> StagedFragme
                 ) from None
             yield result
 
-    files = sinks.stage_fragment(scored(), job.output_schema, job.target, fragment.name, job.output)
+    files = sinks.stage_fragment(
+        scored(),
+        job.output_schema,
+        job.target,
+        fragment.name,
+        job.output,
+        job.dictionary_columns,
+    )
     return StagedFragment(name=fragment.name, rows=sum(f.rows for f in files), files=files)
 
 
 def _prepare(config: RunConfig, run_id: str) -> _Prepared:
     """Load the model, plan the input, check features and output: all before any scoring."""
     output_url = config.output_path
-    model = load_model(config.model)
-    plan = sources.plan_input(config.input)
+    # Unpickling imports scikit-learn (~0.5 s of Python); reading footers waits on storage.
+    # Overlap them. A model problem is reported first, as if loaded first.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model") as pool:
+        model_future = pool.submit(load_model, config.model)
+        try:
+            plan = sources.plan_input(config.input)
+        except BatchInferError:
+            model_future.result()
+            raise
+        model = model_future.result()
     _check_features(plan, model.features)
     spec = ScoringSpec(
         features=model.features,

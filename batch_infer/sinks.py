@@ -20,6 +20,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from . import storage
 from .config import OutputConfig
@@ -101,6 +102,7 @@ def stage_fragment(
     target: OutputTarget,
     fragment_name: str,
     config: OutputConfig,
+    dictionary_columns: list[str] | bool = True,
 ) -> list[OutputFile]:
     """Write one fragment's scored batches into the staging area, hive-partitioned.
 
@@ -128,7 +130,9 @@ def stage_fragment(
             partitioning=partitioning,
             schema=schema,
             filesystem=target.fs,
-            file_options=ds.ParquetFileFormat().make_write_options(compression=config.compression),
+            file_options=ds.ParquetFileFormat().make_write_options(
+                compression=config.compression, use_dictionary=dictionary_columns
+            ),
             preserve_order=True,
             max_rows_per_file=config.max_rows_per_file,
             min_rows_per_group=row_group_size,
@@ -144,6 +148,17 @@ def stage_fragment(
             ) from None
         raise
     return sorted(written, key=lambda f: f.path)
+
+
+def dictionary_columns(schema: pa.Schema, plain: set[str], partition_by: list[str]) -> list[str]:
+    """Parquet column paths to dictionary-encode: all but ``plain`` ones (such as probabilities,
+    nearly all distinct, where trying a dictionary first only burns CPU) and partition keys."""
+    sink = pa.BufferOutputStream()
+    file_schema = pa.schema([f for f in schema if f.name not in partition_by])
+    pq.write_table(file_schema.empty_table(), sink)
+    metadata = pq.read_metadata(pa.BufferReader(sink.getvalue()))
+    paths = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    return [path for path in paths if path.split(".")[0] not in plain]
 
 
 def commit(
