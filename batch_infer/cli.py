@@ -235,11 +235,41 @@ class _errors:
             _fail("interrupted; nothing was committed", "rerun the same command", 130)
         if isinstance(exc, BatchInferError):
             _fail(exc.what, exc.fix, exc.exit_code)
+        if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
+            _fail(
+                f"object store error {type(exc).__name__}: {first_line(exc)}",
+                "check the endpoint (AWS_ENDPOINT_URL or storage_options), the credentials "
+                "(AWS_PROFILE, AWS_ACCESS_KEY_ID) and the network; nothing was committed",
+                1,
+            )
         _fail(
             f"unexpected {type(exc).__name__}: {first_line(exc)}",
             "rerun with --verbose for the traceback and report it; nothing was committed",
             1,
         )
+
+
+def main() -> None:
+    """The ``batch-infer`` entry point: usage errors are one line too, never a wrapped box."""
+    try:
+        code = app(prog_name="batch-infer", standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("Error: interrupted; nothing was committed — rerun the same command\n")
+        raise SystemExit(130) from None
+    except Exception as exc:
+        # click's exceptions (typer vendors its own copy): usage errors and the like
+        if not (
+            hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
+        ):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+        else:
+            command = ctx.command_path if ctx is not None else "batch-infer"
+            sys.stderr.write(f"Error: {exc.format_message()} — see '{command} --help'\n")
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 def _fail(what: str, fix: str, code: int) -> NoReturn:

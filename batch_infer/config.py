@@ -42,6 +42,7 @@ class InputConfig(_Section):
     batch_size: int | None = Field(
         None,
         gt=0,
+        le=2**31 - 1,
         description="Rows per batch read and scored; default: ~64 MiB of each row group.",
     )
 
@@ -73,9 +74,9 @@ class OutputConfig(_Section):
     path: str = Field(description="Output root; may contain {run_date}.")
     partition_by: list[str] = Field(default_factory=list)
     mode: Literal["error", "overwrite"] = "error"
-    compression: str = "zstd"
-    row_group_size: int = Field(131_072, gt=0)
-    max_rows_per_file: int = Field(1_048_576, gt=0)
+    compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
+    row_group_size: int = Field(131_072, gt=0, le=2**31 - 1)
+    max_rows_per_file: int = Field(1_048_576, gt=0, le=2**31 - 1)
     columns: OutputColumns = Field(default_factory=OutputColumns)
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
@@ -92,7 +93,7 @@ class RunConfig(_Section):
         None, description="Logical date: sets predicted_at to its midnight UTC and {run_date}."
     )
     workers: int | None = Field(
-        None, gt=0, description="Fragments scored side by side (default: the number of cores)."
+        None, gt=0, le=256, description="Fragments scored side by side (default: the cores)."
     )
 
     @property
@@ -165,6 +166,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
             continue
         keys = name[len(ENV_PREFIX) :].lower().split("__")
+        if keys[0] not in RunConfig.model_fields:
+            continue  # BATCH_INFER_HOME and the like belong to someone else
         value: Any = raw
         if raw.strip().startswith(("[", "{")):
             try:

@@ -204,16 +204,20 @@ def _kind(estimator: Artifact) -> tuple[ModelKind, list[Any] | None]:
 def _features(
     configured: list[str] | None, estimator: Artifact, scaler: Artifact | None
 ) -> list[str]:
-    """The feature columns, in the order the first step was fitted with."""
+    """The feature columns: configured, else the model's ``feature_names_in_``, else the scaler's."""
     first = scaler or estimator
-    fitted_names = getattr(first.obj, "feature_names_in_", None)
+    named = next(
+        (a for a in (estimator, scaler) if a is not None and hasattr(a.obj, "feature_names_in_")),
+        first,
+    )
+    fitted_names = getattr(named.obj, "feature_names_in_", None)
     fitted_names = [str(n) for n in fitted_names] if fitted_names is not None else None
     expected = getattr(first.obj, "n_features_in_", None)
     if configured:
         if fitted_names is not None and set(configured) != set(fitted_names):
             raise ModelError(
                 f"--features {configured} do not match the {len(fitted_names)} features "
-                f"{first.url} was fitted with: {fitted_names}",
+                f"{named.url} was fitted with: {fitted_names}",
                 "drop --features to use the model's own, or pass exactly those names",
             )
         if fitted_names is None and expected is not None and len(configured) != expected:

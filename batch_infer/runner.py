@@ -53,6 +53,7 @@ class StagedFragment:
     """A fragment whose output is wholly written to staging."""
 
     name: str
+    source: str
     rows: int
     files: list[sinks.OutputFile]
 
@@ -65,6 +66,11 @@ class _Prepared:
     spec: ScoringSpec
     output_schema: pa.Schema
     target: sinks.OutputTarget
+
+    @property
+    def own_prefixes(self) -> set[str]:
+        """File-name prefixes of this run's output files (see ``sinks.check_target``)."""
+        return {sinks.own_prefix(f.name) for f in self.plan.fragments} | {sinks.own_prefix("empty")}
 
     @property
     def probability_columns(self) -> set[str]:
@@ -107,20 +113,30 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunReport:
         target.url,
         target.run_id,
     )
-    progress.start(plan.total_rows, len(fragments))
+    progress.start(plan.total_rows, len(fragments), len(plan.files))
+    row_groups_left = {f.path: f.num_row_groups for f in plan.files}
+
+    def advance(done: StagedFragment) -> None:
+        row_groups_left[done.source] -= 1
+        progress.advance(rows=done.rows, fragments=1, files=int(row_groups_left[done.source] == 0))
+
     try:
         with library_threads(workers, available_cores()):
             staged = run_parallel(
                 lambda fragment: score_fragment(fragment, job),
                 fragments,
                 workers,
-                on_result=lambda done: progress.advance(rows=done.rows, fragments=1),
+                on_result=advance,
             )
         files = [f for s in staged for f in s.files]
         rows_out = sum(s.rows for s in staged)
         if rows_out != plan.total_rows:  # a row lost or doubled is a bug, never a result
             raise RuntimeError(f"scored {rows_out} rows but the input holds {plan.total_rows}")
-        sinks.commit(target, files, _manifest(prepared, files), config.output.mode)
+        if not files:
+            files = [sinks.stage_empty(target, prepared.output_schema, config.output.partition_by)]
+        sinks.commit(
+            target, files, _manifest(prepared, files), config.output.mode, prepared.own_prefixes
+        )
     except BaseException:
         sinks.discard_staging(target)
         raise
@@ -192,7 +208,9 @@ def score_fragment(fragment: sources.Fragment, job: FragmentJob) -> StagedFragme
         job.output,
         job.dictionary_columns,
     )
-    return StagedFragment(name=fragment.name, rows=sum(f.rows for f in files), files=files)
+    return StagedFragment(
+        name=fragment.name, source=fragment.file.path, rows=sum(f.rows for f in files), files=files
+    )
 
 
 def _prepare(config: RunConfig, run_id: str) -> _Prepared:
@@ -216,27 +234,59 @@ def _prepare(config: RunConfig, run_id: str) -> _Prepared:
         model_version=model.version,
     )
     added = output_fields(model, spec, label_type(model))
-    clashes = [f.name for f in added if f.name in plan.schema.names]
+    output_schema = _output_schema(plan.schema, added, config.output.partition_by)
+    target = sinks.open_target(output_url, config.output.storage_options, run_id)
+    output_root = storage.display(target.fs, target.root)
+    if _inside(output_root, plan.root):
+        raise ConfigError(
+            f"the output {target.url} is inside the input {plan.root}",
+            "write the output somewhere else, or a rerun would read its own output",
+        )
+    if any(_inside(f.url, output_root) for f in plan.files):
+        raise ConfigError(
+            f"the input {plan.root} is inside the output {target.url}",
+            "keep inputs out of the output folder: overwriting it would touch them",
+        )
+    prepared = _Prepared(config, plan, model, spec, output_schema, target)
+    sinks.check_target(target, config.output.mode, prepared.own_prefixes)
+    return prepared
+
+
+def _output_schema(
+    input_schema: pa.Schema, added: list[pa.Field], partition_by: list[str]
+) -> pa.Schema:
+    """Input columns then added ones; names unique, partition keys existing and flat."""
+    names = [f.name for f in added]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"output.columns gives two added columns the same name: {duplicates}",
+            "give each of prediction, probability, predicted_at and model_version its own name",
+        )
+    clashes = [n for n in names if n in input_schema.names]
     if clashes:
         raise ConfigError(
             f"output column(s) {clashes} would overwrite input column(s) of the same name",
             "rename them under output.columns in the config",
         )
-    output_schema = pa.schema(list(plan.schema) + added)
-    missing = [name for name in config.output.partition_by if name not in output_schema.names]
+    schema = pa.schema(list(input_schema) + added)
+    missing = [name for name in partition_by if name not in schema.names]
     if missing:
         raise ConfigError(
             f"--partition-by names column(s) {missing} that the output does not have",
-            f"choose from: {', '.join(output_schema.names)}",
+            f"choose from: {', '.join(schema.names)}",
         )
-    target = sinks.open_target(output_url, config.output.storage_options, run_id)
-    if _inside(storage.display(target.fs, target.root), plan.root):
+    if len(set(partition_by)) != len(partition_by):
         raise ConfigError(
-            f"the output {target.url} is inside the input {plan.root}",
-            "write the output somewhere else, or a rerun would read its own output",
+            f"--partition-by repeats a column: {partition_by}", "name each column once"
         )
-    sinks.check_target(target, config.output.mode)
-    return _Prepared(config, plan, model, spec, output_schema, target)
+    nested = [n for n in partition_by if pa.types.is_nested(schema.field(n).type)]
+    if nested:
+        raise ConfigError(
+            f"--partition-by column(s) {nested} are nested (struct, list or map)",
+            "partition by columns of plain values such as strings, integers or dates",
+        )
+    return schema
 
 
 def _check_features(plan: sources.InputPlan, features: list[str]) -> None:

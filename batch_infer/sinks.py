@@ -32,6 +32,7 @@ SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
 STAGING = "_staging"
 STAGED_SUFFIX = ".staged"
+COMMIT_INTENT = "_commit.json"
 
 
 @dataclass(frozen=True)
@@ -64,23 +65,69 @@ def open_target(url: str, storage_options: dict[str, Any], run_id: str) -> Outpu
     return OutputTarget(fs=fs, root=root.rstrip("/"), url=url, run_id=run_id)
 
 
-def check_target(target: OutputTarget, mode: str) -> None:
-    """Refuse, before any work, an output that ``mode`` does not allow us to replace."""
-    if mode == "overwrite":
-        return
+def check_target(target: OutputTarget, mode: str, own_prefixes: set[str]) -> None:
+    """Refuse, before any work, an output that ``mode`` does not allow us to replace.
+
+    ``own_prefixes`` are the file-name prefixes this run writes (``part-<fragment>``). Overwrite
+    replaces only files a batch-infer run wrote there; anything else makes the run stop rather
+    than delete someone's data.
+    """
     fs = target.fs
-    if fs.exists(storage.join(target.root, SUCCESS)):
+    if fs.isfile(target.root):
+        raise ConfigError(
+            f"the output {target.url} is a file, not a folder", "choose a folder for --output"
+        )
+    if not storage.is_local(fs):
+        bucket = target.root.split("/", 1)[0]
+        if not fs.exists(bucket):
+            raise ConfigError(
+                f"the bucket {bucket!r} of {target.url} does not exist or is not visible",
+                "create the bucket, or check --output and the credentials",
+            )
+    if mode == "error" and fs.exists(storage.join(target.root, SUCCESS)):
         raise OutputConflictError(
             f"{target.url} already holds a committed result ({_describe_manifest(target)})",
             "use --mode overwrite to replace it, or choose another --output",
         )
-    leftovers = visible_data_files(target)
-    if leftovers:
+    visible = visible_data_files(target)
+    if not visible:
+        return
+    if mode == "error":
         raise OutputConflictError(
-            f"{target.url} holds {len(leftovers)} data file(s) but no {SUCCESS} "
-            f"(for example {leftovers[0]}): an interrupted or foreign write",
+            f"{target.url} holds {len(visible)} data file(s) but no {SUCCESS} "
+            f"(for example {visible[0]}): an interrupted or foreign write",
             "use --mode overwrite to replace them, or choose another --output",
         )
+    known = _files_written_by_batch_infer(target)
+    foreign = [p for p in visible if p not in known and _name_prefix(p) not in own_prefixes]
+    if foreign:
+        raise OutputConflictError(
+            f"{target.url} holds {len(foreign)} file(s) no batch-infer run wrote "
+            f"(for example {foreign[0]}); overwrite replaces only batch-infer's own files",
+            "move those files away, or choose another --output",
+        )
+
+
+def own_prefix(fragment_name: str) -> str:
+    """The file-name prefix of a fragment's output files."""
+    return f"part-{fragment_name}"
+
+
+def _name_prefix(relative_path: str) -> str:
+    return posixpath.basename(relative_path).rsplit("-", 1)[0]
+
+
+def _files_written_by_batch_infer(target: OutputTarget) -> set[str]:
+    """Files the committed manifest lists, and those of commits that were interrupted."""
+    known = {f["path"] for f in (read_manifest(target) or {}).get("files", [])}
+    fs = target.fs
+    for intent in fs.glob(storage.join(target.root, STAGING, "*", COMMIT_INTENT)):
+        try:
+            record = json.loads(fs.cat_file(intent))
+            known.update(record.get("add", []) + record.get("remove", []))
+        except (OSError, ValueError):
+            continue
+    return known
 
 
 def visible_data_files(target: OutputTarget) -> list[str]:
@@ -161,27 +208,55 @@ def dictionary_columns(schema: pa.Schema, plain: set[str], partition_by: list[st
     return [path for path in paths if path.split(".")[0] not in plain]
 
 
+def stage_empty(target: OutputTarget, schema: pa.Schema, partition_by: list[str]) -> OutputFile:
+    """A zero-row file carrying the schema, so readers of an empty result still see columns."""
+    relative = f"{own_prefix('empty')}-0.parquet"
+    file_schema = pa.schema([f for f in schema if f.name not in partition_by])
+    target.fs.makedirs(target.staging, exist_ok=True)
+    with target.fs.open(storage.join(target.staging, relative + STAGED_SUFFIX), "wb") as handle:
+        pq.write_table(file_schema.empty_table(), handle)
+    return OutputFile(relative, 0)
+
+
 def commit(
-    target: OutputTarget, files: list[OutputFile], manifest: dict[str, Any], mode: str
+    target: OutputTarget,
+    files: list[OutputFile],
+    manifest: dict[str, Any],
+    mode: str,
+    own_prefixes: set[str],
 ) -> None:
-    """Publish staged files, then the manifest, then ``_SUCCESS`` (last)."""
-    check_target(target, mode)
+    """Publish staged files, then the manifest, then ``_SUCCESS`` (last).
+
+    Before anything visible changes, the plan (files to add, files to remove) is written to
+    ``_staging/<run>/_commit.json``, so a rerun after a crash knows which files are batch-infer's.
+    In overwrite mode ``_SUCCESS`` and the old manifest go first: a reader that honours them sees
+    no result rather than a mix of old and new.
+    """
+    check_target(target, mode, own_prefixes)
     fs = target.fs
-    fs.makedirs(target.root, exist_ok=True)
-    success = storage.join(target.root, SUCCESS)
-    old_files = set(visible_data_files(target)) if mode == "overwrite" else set()
-    if fs.exists(success):
-        fs.rm(success)
+    if storage.is_local(fs):
+        fs.makedirs(target.root, exist_ok=True)
+    new = {f.path for f in files}
+    old = _files_written_by_batch_infer(target) | {
+        p for p in visible_data_files(target) if _name_prefix(p) in own_prefixes
+    }
+    stale = sorted(p for p in old - new if fs.exists(target.final_path(p)))
+    intent = {"run_id": target.run_id, "add": sorted(new), "remove": stale}
+    storage.write_bytes_atomically(
+        fs, storage.join(target.staging, COMMIT_INTENT), json.dumps(intent).encode()
+    )
+    for marker in (SUCCESS, MANIFEST):
+        if fs.exists(storage.join(target.root, marker)):
+            fs.rm(storage.join(target.root, marker))
     sources = [storage.join(target.staging, f.path + STAGED_SUFFIX) for f in files]
     destinations = [target.final_path(f.path) for f in files]
     _move(fs, sources, destinations)
-    stale = sorted(old_files - {f.path for f in files})
     if stale:
         fs.rm([target.final_path(p) for p in stale])
     storage.write_bytes_atomically(
         fs, storage.join(target.root, MANIFEST), json.dumps(manifest, indent=2).encode()
     )
-    storage.write_bytes_atomically(fs, success, b"")
+    storage.write_bytes_atomically(fs, storage.join(target.root, SUCCESS), b"")
     discard_staging(target)
 
 

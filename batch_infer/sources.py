@@ -198,6 +198,8 @@ def _list_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[str
         root = _glob_root(path)
         files = []
         for match in matched:
+            if posixpath.basename(match).startswith((".", "_")):
+                continue  # _SUCCESS, _manifest.json, .crc: never data, as in a directory
             files.extend(_data_files(fs, match) if fs.isdir(match) else [match])
     elif fs.isdir(path):
         root = path.rstrip("/")

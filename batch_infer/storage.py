@@ -59,6 +59,7 @@ def write_bytes_atomically(fs: fsspec.AbstractFileSystem, path: str, data: bytes
     An object store PUT is atomic already; on a local disk we write a temporary file and rename.
     """
     if is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp"
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)

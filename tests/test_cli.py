@@ -67,7 +67,10 @@ def test_text_summary_and_plain_log_lines_when_not_a_terminal(
     )
     assert result.exit_code == 0, result.stderr
     assert "Committed 5,000 rows" in result.stdout
-    assert "INFO batch_infer.progress: scored 5000/5000 rows" in result.stderr
+    assert (
+        "INFO batch_infer.progress: scored 5000/5000 rows (100%), 2/2 files, 6/6 row groups"
+        in result.stderr
+    )
     assert "\r" not in result.stderr and "\x1b[" not in result.stderr  # no animation
 
 
@@ -247,3 +250,24 @@ def test_real_subprocess_scores_the_sample(tmp_path):
 def test_example_configs_are_valid(config):
     loaded = load_config(config, {"run_date": "2026-01-31"}, environ={})
     assert loaded.output_path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["run", "--bogus"], ["run", "--output-format", "xml"], ["run", "--batch-size", "abc"]],
+    ids=["unknown-flag", "bad-choice", "bad-int"],
+)
+def test_usage_errors_are_one_unwrapped_line(args):
+    env = {**os.environ, "COLUMNS": "40"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "batch_infer", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "--help" in lines[0]

@@ -232,7 +232,11 @@ def test_zero_row_file_commits_empty_output(tmp_path, trained_models):
     report = run(make_config(source, tmp_path / "out", trained_models["multiclass"]))
     assert report.rows_out == 0
     assert (tmp_path / "out" / "_SUCCESS").exists()
-    assert json.loads((tmp_path / "out" / "_manifest.json").read_text())["files"] == []
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["files"] == [{"path": "part-empty-0.parquet", "rows": 0}]
+    scored = read_output(tmp_path / "out")  # readers still see the columns
+    assert scored.num_rows == 0
+    assert {"customer_id", "prediction", "probability_young"} <= set(scored.column_names)
 
 
 def test_validate_reports_without_writing(tmp_path, trained_models, churn_input):
@@ -241,3 +245,92 @@ def test_validate_reports_without_writing(tmp_path, trained_models, churn_input)
     assert (report.rows, report.files, report.fragments) == (5_000, 2, 6)
     assert report.added_columns[:1] == ["prediction"]
     assert not out.exists()
+
+
+def test_overwrite_refuses_to_delete_files_it_did_not_write(tmp_path, trained_models, churn_input):
+    out = tmp_path / "out"
+    run(make_config(churn_input, out, trained_models["binary"]))
+    foreign = write_parquet(churn_table(10), out / "someone_else.parquet")
+    with pytest.raises(OutputConflictError, match="no batch-infer run wrote"):
+        run(make_config(churn_input, out, trained_models["binary"], output={"mode": "overwrite"}))
+    assert foreign.exists() and (out / "_SUCCESS").exists()
+
+
+def test_input_inside_output_is_refused(tmp_path, trained_models, churn_input):
+    from batch_infer import ConfigError
+
+    with pytest.raises(ConfigError, match="is inside the output"):
+        run(
+            make_config(
+                churn_input,
+                churn_input.parent,
+                trained_models["binary"],
+                output={"mode": "overwrite"},
+            )
+        )
+    assert len(list(churn_input.rglob("*.parquet"))) == 2
+
+
+def test_overwrite_after_an_interrupted_commit_recognises_its_own_files(
+    tmp_path, trained_models, churn_input
+):
+    """Files moved in by a commit that died before its manifest are replaced, not refused."""
+    out = tmp_path / "out"
+    run(make_config(churn_input, out, trained_models["binary"]))
+    (out / "_SUCCESS").unlink()
+    (out / "_manifest.json").unlink()
+    report = run(
+        make_config(churn_input, out, trained_models["regressor"], output={"mode": "overwrite"})
+    )
+    assert read_output(out).num_rows == 5_000
+    assert json.loads((out / "_manifest.json").read_text())["run_id"] == report.run_id
+
+
+def test_added_column_names_must_be_distinct(tmp_path, trained_models, churn_input):
+    from batch_infer import ConfigError
+
+    config = make_config(
+        churn_input,
+        tmp_path / "out",
+        trained_models["binary"],
+        output={"columns": {"predicted_at": "prediction"}},
+    )
+    with pytest.raises(ConfigError, match="the same name"):
+        run(config)
+
+
+def test_feature_names_come_from_the_model_when_the_scaler_has_none(tmp_path, churn_input):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    frame = churn_table(500, seed=4).to_pandas()
+    X = frame[FEATURES].astype("float64")
+    scaler = StandardScaler().fit(X.to_numpy())  # no names
+    model = LogisticRegression().fit(pa.table(X).to_pandas(), frame["tenure"] > 30)  # names
+    joblib.dump(scaler, tmp_path / "scaler.joblib")
+    joblib.dump(model, tmp_path / "model.joblib")
+    config = make_config(
+        churn_input,
+        tmp_path / "out",
+        tmp_path / "model.joblib",
+        model={"scaler": str(tmp_path / "scaler.joblib")},
+    )
+    assert run(config).rows_out == 5_000
+
+
+def test_glob_skips_underscore_and_hidden_files(tmp_path, trained_models, churn_input):
+    (churn_input / "day=1" / "_SUCCESS").write_text("")
+    (churn_input / "day=1" / ".a.parquet.crc").write_text("x")
+    report = run(make_config(f"{churn_input}/day=1/*", tmp_path / "out", trained_models["binary"]))
+    assert report.files_in == 1
+
+
+def test_unrelated_batch_infer_variables_are_ignored(tmp_path, trained_models, churn_input):
+    from batch_infer.config import load_config
+
+    config = load_config(
+        None,
+        {"input": {"path": str(churn_input)}, "model": {"path": "m"}, "output": {"path": "o"}},
+        environ={"BATCH_INFER_HOME": "/x", "BATCH_INFER_OUTPUT__MODE": "overwrite"},
+    )
+    assert config.output.mode == "overwrite"
