@@ -1,10 +1,10 @@
 """Workloads the benchmark times, each run as its own process: data, IO bound, naive loop.
 
-    python benchmarks/workloads.py make-data ROWS FILES OUT_DIR
-    python benchmarks/workloads.py make-models MODELS_DIR
-    python benchmarks/workloads.py io-bound INPUT OUT_DIR THREADS
-    python benchmarks/workloads.py model-bound INPUT MODELS_DIR MODEL      (prints CPU seconds)
-    python benchmarks/workloads.py naive INPUT MODELS_DIR MODEL OUT_FILE
+python benchmarks/workloads.py make-data ROWS FILES OUT_DIR
+python benchmarks/workloads.py make-models MODELS_DIR
+python benchmarks/workloads.py io-bound INPUT OUT_DIR THREADS
+python benchmarks/workloads.py model-bound INPUT MODELS_DIR MODEL      (prints CPU seconds)
+python benchmarks/workloads.py naive INPUT MODELS_DIR MODEL OUT_FILE
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -72,24 +71,34 @@ def make_models(models_dir: str) -> None:
     rng = np.random.default_rng(7)
     frame = pa.Table.from_batches([churn_batch(rng, 0, 200_000)]).to_pandas()
     X = frame[FEATURES].astype("float64")
-    logit = -0.03 * (X["age"] - 50) - 0.06 * (X["tenure"] - 36) + 0.025 * (X["monthly_charges"] - 70)
+    logit = (
+        -0.03 * (X["age"] - 50) - 0.06 * (X["tenure"] - 36) + 0.025 * (X["monthly_charges"] - 70)
+    )
     y = (rng.uniform(size=len(X)) < 1 / (1 + np.exp(-logit))).astype("int64")
     os.makedirs(models_dir, exist_ok=True)
     scaler = StandardScaler().fit(X)
     joblib.dump(scaler, f"{models_dir}/scaler.joblib")
     joblib.dump(LogisticRegression().fit(scaler.transform(X), y), f"{models_dir}/logreg.joblib")
     joblib.dump(
-        HistGradientBoostingClassifier(max_iter=200, early_stopping=False, random_state=0).fit(X, y),
+        HistGradientBoostingClassifier(max_iter=200, early_stopping=False, random_state=0).fit(
+            X, y
+        ),
         f"{models_dir}/hgb.joblib",
     )
     joblib.dump(
-        RandomForestClassifier(n_estimators=100, max_depth=12, random_state=0, n_jobs=-1).fit(X[:50_000], y[:50_000]).set_params(n_jobs=None),
+        RandomForestClassifier(n_estimators=100, max_depth=12, random_state=0, n_jobs=-1)
+        .fit(X[:50_000], y[:50_000])
+        .set_params(n_jobs=None),
         f"{models_dir}/forest.joblib",
     )
 
 
 def _files(input_path: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(input_path, "*.parquet"))) if os.path.isdir(input_path) else [input_path]
+    return (
+        sorted(glob.glob(os.path.join(input_path, "*.parquet")))
+        if os.path.isdir(input_path)
+        else [input_path]
+    )
 
 
 def io_bound(input_path: str, out_dir: str, threads: int) -> None:
@@ -112,10 +121,13 @@ def io_bound(input_path: str, out_dir: str, threads: int) -> None:
                     pa.repeat(stamp, n),
                 ]
                 batch = pa.RecordBatch.from_arrays(
-                    batch.columns + extra, names=batch.schema.names + ["prediction", "probability", "predicted_at"]
+                    batch.columns + extra,
+                    names=batch.schema.names + ["prediction", "probability", "predicted_at"],
                 )
                 if writer is None:
-                    writer = pq.ParquetWriter(f"{out_dir}/part-{worker}.parquet", batch.schema, compression="zstd")
+                    writer = pq.ParquetWriter(
+                        f"{out_dir}/part-{worker}.parquet", batch.schema, compression="zstd"
+                    )
                 writer.write_batch(batch)
         writer.close()
 
@@ -130,7 +142,9 @@ def _load(models_dir: str, model: str):
     import joblib
 
     if model == "logreg":
-        return joblib.load(f"{models_dir}/scaler.joblib"), joblib.load(f"{models_dir}/logreg.joblib")
+        return joblib.load(f"{models_dir}/scaler.joblib"), joblib.load(
+            f"{models_dir}/logreg.joblib"
+        )
     return None, joblib.load(f"{models_dir}/{model}.joblib")
 
 
