@@ -73,7 +73,15 @@ class OutputConfig(_Section):
 
     path: str = Field(description="Output root; may contain {run_date}.")
     partition_by: list[str] = Field(default_factory=list)
-    mode: Literal["error", "overwrite"] = "error"
+    mode: Literal["error", "overwrite", "overwrite-partitions"] = Field(
+        "error",
+        description="error: refuse a committed output; overwrite: replace it; "
+        "overwrite-partitions: replace only the partitions this run writes",
+    )
+    if_exists: Literal["fail", "skip"] = Field(
+        "fail",
+        description="With mode error and a committed output: fail (exit 5) or skip (exit 0).",
+    )
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
     row_group_size: int = Field(131_072, gt=0, le=2**31 - 1)
     max_rows_per_file: int = Field(1_048_576, gt=0, le=2**31 - 1)
@@ -91,6 +99,11 @@ class RunConfig(_Section):
     output: OutputConfig
     run_date: dt.date | None = Field(
         None, description="Logical date: sets predicted_at to its midnight UTC and {run_date}."
+    )
+    resume: bool | None = Field(
+        None,
+        description="None: resume an interrupted run with the same inputs, model and config; "
+        "True: insist on resuming; False: start over.",
     )
     workers: int | None = Field(
         None, gt=0, le=256, description="Fragments scored side by side (default: the cores)."
@@ -207,6 +220,8 @@ FLAGS = {
     "output.path": "--output",
     "output.partition_by": "--partition-by",
     "output.mode": "--mode",
+    "output.if_exists": "--if-exists",
+    "resume": "--resume/--no-resume",
     "run_date": "--run-date",
     "workers": "--workers",
 }

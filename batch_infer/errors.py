@@ -45,6 +45,23 @@ class OutputConflictError(BatchInferError):
     exit_code = 5
 
 
+class LockedError(BatchInferError):
+    """Another run holds the output, or the store keeps refusing us: try again later."""
+
+    exit_code = 75  # EX_TEMPFAIL: schedulers retry it
+
+
+class Interrupted(BatchInferError):
+    """The run was stopped by a signal; nothing was committed and it can be resumed."""
+
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        super().__init__(
+            f"interrupted by {signal_name}; nothing was committed",
+            "rerun the same command to resume where it stopped",
+        )
+        self.exit_code = exit_code
+
+
 EXIT_CODES = {
     0: "done: the output is committed (manifest and _SUCCESS written)",
     1: "unexpected error (a bug or an environment problem): rerun with --verbose for a traceback",
@@ -52,6 +69,9 @@ EXIT_CODES = {
     InputError.exit_code: "bad input: missing, unreadable or incompatible data",
     ModelError.exit_code: "model problem: the artifact cannot be loaded or used",
     OutputConflictError.exit_code: "output conflict: the output already holds a committed result",
+    LockedError.exit_code: "temporary: another run holds the output lock, or the store kept failing",
+    130: "interrupted by Ctrl-C (SIGINT); nothing committed, rerun to resume",
+    143: "stopped by SIGTERM; nothing committed, rerun to resume",
 }
 
 

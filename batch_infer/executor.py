@@ -9,6 +9,7 @@ thread themselves (BLAS, OpenMP in HistGradientBoosting) are limited with thread
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ def run_parallel(
     items: Iterable[Item],
     workers: int,
     on_result: Callable[[Result], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> list[Result]:
     """Apply ``task`` to every item with at most ``workers`` running and ``2 x workers`` queued.
 
@@ -76,6 +78,8 @@ def run_parallel(
                     if on_result:
                         on_result(result)
         except BaseException:
+            if cancel is not None:
+                cancel.set()  # running tasks stop at their next batch
             for future in pending:
                 future.cancel()
             raise

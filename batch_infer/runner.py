@@ -8,20 +8,30 @@ depends only on its arguments, so a pool or a cluster can run fragments anywhere
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import fsspec
 import pyarrow as pa
 
-from . import sinks, sources, storage
+from . import failpoints, lock, sinks, sources, storage
 from .config import OutputConfig, RunConfig
-from .errors import BatchInferError, ConfigError, InputError, first_line
+from .errors import (
+    BatchInferError,
+    ConfigError,
+    InputError,
+    ModelError,
+    OutputConflictError,
+    first_line,
+)
 from .executor import available_cores, library_threads, run_parallel
 from .model import LoadedModel, load_model
 from .progress import NoProgress, Progress
@@ -29,6 +39,10 @@ from .report import RunReport, ValidationReport
 from .scoring import ScoringSpec, is_numeric, label_type, output_fields, score_batch
 
 log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """A worker saw the cancel event and stopped between two batches."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,7 @@ class _Prepared:
     spec: ScoringSpec
     output_schema: pa.Schema
     target: sinks.OutputTarget
+    fingerprint: dict[str, Any]
 
     @property
     def own_prefixes(self) -> set[str]:
@@ -81,12 +96,100 @@ class _Prepared:
         }
 
 
-def run(config: RunConfig, progress: Progress | None = None) -> RunReport:
-    """Score the input with the model and commit the output. Raises a BatchInferError on failure."""
+def run(
+    config: RunConfig, progress: Progress | None = None, cancel: threading.Event | None = None
+) -> RunReport:
+    """Score the input with the model and commit the output. Raises a BatchInferError on failure.
+
+    Setting ``cancel`` (a signal handler does) stops the workers within a batch; what they
+    finished stays staged, and the next run with the same inputs, model and config resumes it.
+    """
     started = time.monotonic()
     progress = progress or NoProgress()
-    prepared = _prepare(config, run_id=_new_run_id())
+    cancel = cancel or threading.Event()
+    prepared = _prepare(config)
+    target = prepared.target
+    skipped = _skip_if_committed(prepared, started)
+    if skipped is not None:
+        return skipped
+    sinks.check_target(target, config.output.mode, prepared.own_prefixes)  # fail before writing
+    held = lock.acquire(target, _new_run_id())
+    try:
+        sinks.check_target(target, config.output.mode, prepared.own_prefixes)
+        record, done = _resume(prepared)
+        prepared.spec = replace(
+            prepared.spec, predicted_at=dt.datetime.fromisoformat(record["predicted_at"])
+        )
+        if sinks.pending_commit(target) is not None:
+            log.info("finishing the interrupted commit of run %s", record["run_id"])
+            manifest = sinks.finish_commit(target)
+        else:
+            files = _score(prepared, done, progress, cancel)
+            failpoints.reached("between-fragments")
+            manifest = sinks.commit(
+                target,
+                files,
+                _manifest(prepared, record["run_id"], files),
+                config.output.mode,
+                prepared.own_prefixes,
+            )
+    except (ConfigError, InputError, ModelError, OutputConflictError):
+        sinks.discard_staging(target)  # the input, model or config must change: no resuming
+        raise
+    except BaseException:
+        cancel.set()  # interrupted or failed on the way: keep what is staged for a resume
+        raise
+    finally:
+        held.release()
+        progress.finish()
+    report = _report(prepared, manifest, started)
+    log.info("committed %d rows in %d file(s) to %s", report.rows_out, report.files_out, target.url)
+    return report
+
+
+def validate(config: RunConfig) -> ValidationReport:
+    """Everything ``run`` checks before scoring, without writing anything."""
+    prepared = _prepare(config)
     plan, target = prepared.plan, prepared.target
+    committed = target.fs.exists(storage.join(target.root, sinks.SUCCESS))
+    if not (committed and config.output.if_exists == "skip"):
+        sinks.check_target(target, config.output.mode, prepared.own_prefixes)
+    state = "holds a committed result" if committed else "empty or new"
+    return ValidationReport(
+        output=target.url,
+        output_state=state,
+        rows=plan.total_rows,
+        files=len(plan.files),
+        fragments=len(plan.fragments),
+        bytes=plan.total_bytes,
+        features=prepared.model.features,
+        model_kind=prepared.model.kind,
+        model_sha256=prepared.model.sha256,
+        added_columns=prepared.output_schema.names[len(plan.schema) :],
+    )
+
+
+def _skip_if_committed(prepared: _Prepared, started: float) -> RunReport | None:
+    """``--if-exists skip``: a committed output in mode error is success, not a conflict."""
+    config, target = prepared.config, prepared.target
+    if config.output.if_exists != "skip" or config.output.mode != "error":
+        return None
+    if not target.fs.exists(storage.join(target.root, sinks.SUCCESS)):
+        return None
+    manifest = sinks.read_manifest(target) or {}
+    log.info("%s is already committed (run %s): skipping", target.url, manifest.get("run_id"))
+    report = _report(prepared, manifest, started)
+    return replace(report, status="skipped", rows_out=0, files_out=0)
+
+
+def _score(
+    prepared: _Prepared,
+    done: dict[str, list[sinks.OutputFile]],
+    progress: Progress,
+    cancel: threading.Event,
+) -> list[sinks.OutputFile]:
+    """Score every fragment not already staged; return all staged files of the run."""
+    config, plan, target = prepared.config, prepared.plan, prepared.target
     workers = config.workers or available_cores()
     job = FragmentJob(
         input_fs=plan.fs,
@@ -104,93 +207,159 @@ def run(config: RunConfig, progress: Progress | None = None) -> RunReport:
         ),
     )
     fragments = plan.fragments
+    todo = [f for f in fragments if f.name not in done]
     log.info(
-        "scoring %d rows in %d file(s), %d row group(s) from %s into %s (run %s)",
+        "scoring %d rows in %d file(s), %d row group(s) from %s into %s%s",
         plan.total_rows,
         len(plan.files),
         len(fragments),
         plan.root,
         target.url,
-        target.run_id,
+        f" ({len(fragments) - len(todo)} row groups already staged)" if done else "",
     )
     progress.start(plan.total_rows, len(fragments), len(plan.files))
     row_groups_left = {f.path: f.num_row_groups for f in plan.files}
 
-    def advance(done: StagedFragment) -> None:
-        row_groups_left[done.source] -= 1
-        progress.advance(rows=done.rows, fragments=1, files=int(row_groups_left[done.source] == 0))
+    def advance(fragment: sources.Fragment, rows: int) -> None:
+        row_groups_left[fragment.file.path] -= 1
+        finished_file = int(row_groups_left[fragment.file.path] == 0)
+        progress.advance(rows=rows, fragments=1, files=finished_file)
 
-    try:
-        with library_threads(workers, available_cores()):
-            staged = run_parallel(
-                lambda fragment: score_fragment(fragment, job),
-                fragments,
-                workers,
-                on_result=advance,
-            )
-        files = [f for s in staged for f in s.files]
-        rows_out = sum(s.rows for s in staged)
-        if rows_out != plan.total_rows:  # a row lost or doubled is a bug, never a result
-            raise RuntimeError(f"scored {rows_out} rows but the input holds {plan.total_rows}")
-        if not files:
-            files = [sinks.stage_empty(target, prepared.output_schema, config.output.partition_by)]
-        sinks.commit(
-            target, files, _manifest(prepared, files), config.output.mode, prepared.own_prefixes
+    for fragment in fragments:
+        if fragment.name in done:
+            advance(fragment, fragment.num_rows)
+
+    def work(fragment: sources.Fragment) -> tuple[sources.Fragment, StagedFragment]:
+        staged = score_fragment(fragment, job, cancel)
+        sinks.record_fragment(target, fragment.name, staged.files)
+        return fragment, staged
+
+    with library_threads(workers, available_cores()):
+        results = run_parallel(
+            work, todo, workers, on_result=lambda r: advance(r[0], r[1].rows), cancel=cancel
         )
-    except BaseException:
+    files = [f for name in done for f in done[name]] + [f for _, s in results for f in s.files]
+    rows = sum(f.rows for f in files)
+    if rows != plan.total_rows:  # a row lost or doubled is a bug, never a result
+        raise RuntimeError(f"staged {rows} rows but the input holds {plan.total_rows}")
+    if not files:
+        files = [sinks.stage_empty(target, prepared.output_schema, config.output.partition_by)]
+    return files
+
+
+def _resume(prepared: _Prepared) -> tuple[dict[str, Any], dict[str, list[sinks.OutputFile]]]:
+    """Pick up an interrupted run with the same staging key, or start a new one.
+
+    The staging key hashes the inputs (sizes and versions), the model and the config, so a
+    matching folder holds output this run would write byte for byte: resuming it is safe and is
+    the default. Folders of runs whose inputs, model or config differ are discarded (``--resume``
+    refuses instead, saying what changed).
+    """
+    config, target = prepared.config, prepared.target
+    record = sinks.read_run_record(target)
+    others = {key: sinks.read_run_record(target, key) for key in sinks.other_stagings(target)}
+    if config.resume is True and record is None:
+        if others:
+            key, other = next(iter(others.items()))
+            changes = _what_changed((other or {}).get("fingerprint", {}), prepared.fingerprint)
+            raise ConfigError(
+                f"cannot resume run {(other or {}).get('run_id', key)}: {'; '.join(changes)}",
+                "rerun without --resume to start over with the new inputs, model or config",
+            )
+        raise ConfigError(
+            f"nothing to resume in {target.url}", "rerun without --resume to start a new run"
+        )
+    if config.resume is False and record is not None:
         sinks.discard_staging(target)
-        raise
-    finally:
-        progress.finish()
-    report = RunReport(
-        run_id=target.run_id,
-        output=target.url,
+        record = None
+    for key, other in others.items():
+        changes = _what_changed((other or {}).get("fingerprint", {}), prepared.fingerprint)
+        log.warning(
+            "discarding interrupted run %s, not resumable: %s",
+            (other or {}).get("run_id", key),
+            "; ".join(changes),
+        )
+        sinks.discard_staging(target, key)
+    if record is None:
+        record = {
+            "run_id": _new_run_id(),
+            "predicted_at": prepared.spec.predicted_at.isoformat(),
+            "fingerprint": prepared.fingerprint,
+        }
+        sinks.write_run_record(target, record)
+        return record, {}
+    names = {f.name for f in prepared.plan.fragments}
+    done = {n: files for n, files in sinks.recorded_fragments(target).items() if n in names}
+    sinks.discard_unrecorded(target, set(done))
+    log.info("resuming run %s: %d row group(s) already staged", record["run_id"], len(done))
+    return record, done
+
+
+def _what_changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    changes = []
+    old_inputs, new_inputs = before.get("inputs", {}), after.get("inputs", {})
+    added = sorted(set(new_inputs) - set(old_inputs))
+    removed = sorted(set(old_inputs) - set(new_inputs))
+    modified = sorted(
+        k for k in set(old_inputs) & set(new_inputs) if old_inputs[k] != new_inputs[k]
+    )
+    for label, paths in (
+        ("input added", added),
+        ("input removed", removed),
+        ("input changed", modified),
+    ):
+        if paths:
+            more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+            changes.append(f"{label}: {paths[0]}{more}")
+    for part in ("model", "scaler"):
+        if before.get(part) != after.get(part):
+            changes.append(
+                f"{part} changed (sha256 {str(before.get(part))[:12]} -> {str(after.get(part))[:12]})"
+            )
+    old_config, new_config = before.get("config", {}), after.get("config", {})
+    for key in sorted(set(old_config) | set(new_config)):
+        if old_config.get(key) != new_config.get(key):
+            changes.append(
+                f"config {key} changed ({old_config.get(key)!r} -> {new_config.get(key)!r})"
+            )
+    return changes or ["its run record is unreadable"]
+
+
+def _report(prepared: _Prepared, manifest: dict[str, Any], started: float) -> RunReport:
+    plan, model = prepared.plan, prepared.model
+    return RunReport(
+        run_id=manifest.get("run_id", ""),
+        output=prepared.target.url,
         rows_in=plan.total_rows,
-        rows_out=rows_out,
+        rows_out=manifest.get("rows_out", 0),
         files_in=len(plan.files),
-        files_out=len(files),
-        fragments=len(fragments),
-        seconds=round(time.monotonic() - started, 3),
-        model_sha256=prepared.model.sha256,
-        model_version=prepared.model.version,
-        predicted_at=prepared.spec.predicted_at.isoformat(),
-        run_date=config.run_date.isoformat() if config.run_date else None,
-    )
-    log.info("committed %d rows in %d file(s) to %s", rows_out, len(files), target.url)
-    return report
-
-
-def validate(config: RunConfig) -> ValidationReport:
-    """Everything ``run`` checks before scoring, without writing anything."""
-    prepared = _prepare(config, run_id="validate")
-    plan, target = prepared.plan, prepared.target
-    state = "exists, will be replaced" if sinks.visible_data_files(target) else "empty or new"
-    return ValidationReport(
-        output=target.url,
-        output_state=state,
-        rows=plan.total_rows,
-        files=len(plan.files),
+        files_out=len(manifest.get("files", [])),
         fragments=len(plan.fragments),
-        bytes=plan.total_bytes,
-        features=prepared.model.features,
-        model_kind=prepared.model.kind,
-        model_sha256=prepared.model.sha256,
-        added_columns=prepared.output_schema.names[len(plan.schema) :],
+        seconds=round(time.monotonic() - started, 3),
+        model_sha256=model.sha256,
+        model_version=model.version,
+        predicted_at=manifest.get("predicted_at", prepared.spec.predicted_at.isoformat()),
+        run_date=prepared.config.run_date.isoformat() if prepared.config.run_date else None,
     )
 
 
-def score_fragment(fragment: sources.Fragment, job: FragmentJob) -> StagedFragment:
+def score_fragment(
+    fragment: sources.Fragment, job: FragmentJob, cancel: threading.Event | None = None
+) -> StagedFragment:
     """Read one row group, score it and stage its output; touches nothing outside staging."""
 
     def scored() -> Iterator[pa.RecordBatch]:
-        for batch in sources.read_fragment(
+        batches = sources.read_fragment(
             job.input_fs,
             fragment,
             job.input_schema,
             job.partition_schema,
             job.batch_size,
             job.decode_threads,
-        ):
+        )
+        for batch in batches:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(fragment.describe())
             try:
                 result = score_batch(batch, job.model, job.spec)
             except (ValueError, TypeError, ArithmeticError) as exc:
@@ -199,6 +368,7 @@ def score_fragment(fragment: sources.Fragment, job: FragmentJob) -> StagedFragme
                     "check that feature values are finite and of the kind the model was fitted on",
                 ) from None
             yield result
+            failpoints.reached("mid-fragment")  # the writer holds this batch, its file is open
 
     files = sinks.stage_fragment(
         scored(),
@@ -213,7 +383,7 @@ def score_fragment(fragment: sources.Fragment, job: FragmentJob) -> StagedFragme
     )
 
 
-def _prepare(config: RunConfig, run_id: str) -> _Prepared:
+def _prepare(config: RunConfig) -> _Prepared:
     """Load the model, plan the input, check features and output: all before any scoring."""
     output_url = config.output_path
     # Unpickling imports scikit-learn (~0.5 s of Python); reading footers waits on storage.
@@ -235,7 +405,9 @@ def _prepare(config: RunConfig, run_id: str) -> _Prepared:
     )
     added = output_fields(model, spec, label_type(model))
     output_schema = _output_schema(plan.schema, added, config.output.partition_by)
-    target = sinks.open_target(output_url, config.output.storage_options, run_id)
+    fingerprint = _fingerprint(config, plan, model)
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    target = sinks.open_target(output_url, config.output.storage_options, key)
     output_root = storage.display(target.fs, target.root)
     if _inside(output_root, plan.root):
         raise ConfigError(
@@ -247,9 +419,28 @@ def _prepare(config: RunConfig, run_id: str) -> _Prepared:
             f"the input {plan.root} is inside the output {target.url}",
             "keep inputs out of the output folder: overwriting it would touch them",
         )
-    prepared = _Prepared(config, plan, model, spec, output_schema, target)
-    sinks.check_target(target, config.output.mode, prepared.own_prefixes)
-    return prepared
+    return _Prepared(config, plan, model, spec, output_schema, target, fingerprint)
+
+
+def _fingerprint(config: RunConfig, plan: sources.InputPlan, model: LoadedModel) -> dict[str, Any]:
+    """What the output depends on: a run with the same fingerprint writes the same bytes."""
+    output = config.output
+    return {
+        "inputs": {f.url: [f.size, f.version] for f in plan.files},
+        "model": model.sha256,
+        "scaler": model.scaler.sha256 if model.scaler else None,
+        "config": {
+            "features": model.features,
+            "model_version": model.version,
+            "columns": output.columns.model_dump(),
+            "partition_by": output.partition_by,
+            "compression": output.compression,
+            "row_group_size": output.row_group_size,
+            "max_rows_per_file": output.max_rows_per_file,
+            "batch_size": config.input.batch_size,
+            "run_date": config.run_date.isoformat() if config.run_date else None,
+        },
+    }
 
 
 def _output_schema(
@@ -310,13 +501,13 @@ def _check_features(plan: sources.InputPlan, features: list[str]) -> None:
                 )
 
 
-def _manifest(prepared: _Prepared, files: list[sinks.OutputFile]) -> dict[str, Any]:
+def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -> dict[str, Any]:
     import sklearn
 
     model = prepared.model
     plan = prepared.plan
     return {
-        "run_id": prepared.target.run_id,
+        "run_id": run_id,
         "committed_at": dt.datetime.now(dt.UTC).isoformat(),
         "run_date": prepared.config.run_date.isoformat() if prepared.config.run_date else None,
         "predicted_at": prepared.spec.predicted_at.isoformat(),
@@ -351,6 +542,7 @@ def _predicted_at(run_date: dt.date | None) -> dt.datetime:
 
 
 def _new_run_id() -> str:
+    """Sortable and unique: the start time plus 8 random hex digits."""
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from . import storage
+from . import failpoints, storage
 from .config import OutputConfig
 from .errors import ConfigError, OutputConflictError, first_line
 
@@ -33,6 +33,8 @@ MANIFEST = "_manifest.json"
 STAGING = "_staging"
 STAGED_SUFFIX = ".staged"
 COMMIT_INTENT = "_commit.json"
+RUN_RECORD = "_run.json"
+DONE = "_done"
 
 
 @dataclass(frozen=True)
@@ -50,27 +52,27 @@ class OutputTarget:
     fs: fsspec.AbstractFileSystem
     root: str
     url: str
-    run_id: str
+    staging_key: str
 
     @property
     def staging(self) -> str:
-        return storage.join(self.root, STAGING, self.run_id)
+        return storage.join(self.root, STAGING, self.staging_key)
 
     def final_path(self, relative: str) -> str:
         return storage.join(self.root, relative)
 
 
-def open_target(url: str, storage_options: dict[str, Any], run_id: str) -> OutputTarget:
+def open_target(url: str, storage_options: dict[str, Any], staging_key: str) -> OutputTarget:
     fs, root = storage.resolve(url, storage_options)
-    return OutputTarget(fs=fs, root=root.rstrip("/"), url=url, run_id=run_id)
+    return OutputTarget(fs=fs, root=root.rstrip("/"), url=url, staging_key=staging_key)
 
 
 def check_target(target: OutputTarget, mode: str, own_prefixes: set[str]) -> None:
     """Refuse, before any work, an output that ``mode`` does not allow us to replace.
 
-    ``own_prefixes`` are the file-name prefixes this run writes (``part-<fragment>``). Overwrite
-    replaces only files a batch-infer run wrote there; anything else makes the run stop rather
-    than delete someone's data.
+    ``own_prefixes`` are the file-name prefixes this run writes (``part-<fragment>``). Files a
+    batch-infer run left (listed in a manifest or a commit plan, or named like ours) may be
+    replaced, in any mode; anything else makes the run stop rather than delete someone's data.
     """
     fs = target.fs
     if fs.isfile(target.root):
@@ -92,18 +94,12 @@ def check_target(target: OutputTarget, mode: str, own_prefixes: set[str]) -> Non
     visible = visible_data_files(target)
     if not visible:
         return
-    if mode == "error":
-        raise OutputConflictError(
-            f"{target.url} holds {len(visible)} data file(s) but no {SUCCESS} "
-            f"(for example {visible[0]}): an interrupted or foreign write",
-            "use --mode overwrite to replace them, or choose another --output",
-        )
     known = _files_written_by_batch_infer(target)
     foreign = [p for p in visible if p not in known and _name_prefix(p) not in own_prefixes]
     if foreign:
         raise OutputConflictError(
             f"{target.url} holds {len(foreign)} file(s) no batch-infer run wrote "
-            f"(for example {foreign[0]}); overwrite replaces only batch-infer's own files",
+            f"(for example {foreign[0]}); batch-infer replaces only its own files",
             "move those files away, or choose another --output",
         )
 
@@ -224,53 +220,167 @@ def commit(
     manifest: dict[str, Any],
     mode: str,
     own_prefixes: set[str],
-) -> None:
-    """Publish staged files, then the manifest, then ``_SUCCESS`` (last).
+) -> dict[str, Any]:
+    """Publish staged files, then the manifest, then ``_SUCCESS`` (last); returns the manifest.
 
-    Before anything visible changes, the plan (files to add, files to remove) is written to
-    ``_staging/<run>/_commit.json``, so a rerun after a crash knows which files are batch-infer's.
-    In overwrite mode ``_SUCCESS`` and the old manifest go first: a reader that honours them sees
-    no result rather than a mix of old and new.
+    First the whole plan (files to add and to remove, the manifest) is written to
+    ``_staging/<key>/_commit.json``; ``finish_commit`` then carries it out. Every step of it can
+    be repeated, so a run killed mid-commit is finished by the next run ("rolled forward").
     """
     check_target(target, mode, own_prefixes)
-    fs = target.fs
-    if storage.is_local(fs):
-        fs.makedirs(target.root, exist_ok=True)
     new = {f.path for f in files}
-    old = _files_written_by_batch_infer(target) | {
+    old_manifest = read_manifest(target) or {}
+    old_files = {f["path"]: f["rows"] for f in old_manifest.get("files", [])}
+    leftovers = _files_written_by_batch_infer(target) | {
         p for p in visible_data_files(target) if _name_prefix(p) in own_prefixes
     }
-    stale = sorted(p for p in old - new if fs.exists(target.final_path(p)))
-    intent = {"run_id": target.run_id, "add": sorted(new), "remove": stale}
+    kept: dict[str, int] = {}
+    if mode == "overwrite-partitions":
+        touched = {posixpath.dirname(p) for p in new}
+        kept = {
+            p: n
+            for p, n in old_files.items()
+            if posixpath.dirname(p) not in touched and p not in new
+        }
+        leftovers = {p for p in leftovers if posixpath.dirname(p) in touched}
+    remove = sorted(p for p in (leftovers | set(old_files)) - new - set(kept))
+    manifest = {
+        **manifest,
+        "files": sorted(
+            [{"path": p, "rows": n} for p, n in kept.items()]
+            + [{"path": f.path, "rows": f.rows} for f in files],
+            key=lambda entry: entry["path"],
+        ),
+    }
+    manifest["rows_committed"] = sum(entry["rows"] for entry in manifest["files"])
+    intent = {"add": sorted(new), "remove": remove, "manifest": manifest}
     storage.write_bytes_atomically(
-        fs, storage.join(target.staging, COMMIT_INTENT), json.dumps(intent).encode()
+        target.fs, storage.join(target.staging, COMMIT_INTENT), json.dumps(intent).encode()
     )
-    for marker in (SUCCESS, MANIFEST):
+    return finish_commit(target)
+
+
+def pending_commit(target: OutputTarget) -> dict[str, Any] | None:
+    """The commit plan of an interrupted commit in this staging folder, if there is one."""
+    try:
+        return json.loads(target.fs.cat_file(storage.join(target.staging, COMMIT_INTENT)))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def finish_commit(target: OutputTarget) -> dict[str, Any]:
+    """Carry out the commit plan in staging; safe to repeat after a crash at any step."""
+    fs = target.fs
+    intent = pending_commit(target)
+    if intent is None:
+        raise RuntimeError(f"no commit plan in {target.staging}")
+    for marker in (SUCCESS, MANIFEST):  # honouring readers now see no result, never a mix
         if fs.exists(storage.join(target.root, marker)):
             fs.rm(storage.join(target.root, marker))
-    sources = [storage.join(target.staging, f.path + STAGED_SUFFIX) for f in files]
-    destinations = [target.final_path(f.path) for f in files]
-    _move(fs, sources, destinations)
+    to_move = [p for p in intent["add"] if fs.exists(_staged(target, p))]
+    missing = [p for p in intent["add"] if p not in to_move and not fs.exists(target.final_path(p))]
+    if missing:
+        raise RuntimeError(f"commit plan lists {missing[0]}, found neither staged nor in place")
+    for index, relative in enumerate(to_move):
+        _move(fs, [_staged(target, relative)], [target.final_path(relative)])
+        if index == 0:
+            failpoints.reached("mid-commit")
+    stale = [target.final_path(p) for p in intent["remove"] if fs.exists(target.final_path(p))]
     if stale:
-        fs.rm([target.final_path(p) for p in stale])
+        fs.rm(stale)
+    failpoints.reached("before-manifest")
+    manifest = intent["manifest"]
     storage.write_bytes_atomically(
         fs, storage.join(target.root, MANIFEST), json.dumps(manifest, indent=2).encode()
     )
+    failpoints.reached("before-success")
     storage.write_bytes_atomically(fs, storage.join(target.root, SUCCESS), b"")
     discard_staging(target)
+    return manifest
 
 
-def discard_staging(target: OutputTarget) -> None:
-    """Remove this run's staging folder (and the ``_staging`` parent when nothing else is there)."""
+def _staged(target: OutputTarget, relative: str) -> str:
+    return storage.join(target.staging, relative + STAGED_SUFFIX)
+
+
+def record_fragment(target: OutputTarget, fragment_name: str, files: list[OutputFile]) -> None:
+    """Note that a fragment's output is wholly staged: a resumed run skips it."""
+    record = {"files": [{"path": f.path, "rows": f.rows} for f in files]}
+    storage.write_bytes_atomically(
+        target.fs,
+        storage.join(target.staging, DONE, f"{fragment_name}.json"),
+        json.dumps(record).encode(),
+    )
+
+
+def recorded_fragments(target: OutputTarget) -> dict[str, list[OutputFile]]:
+    """Fragments a previous attempt with the same staging key finished."""
+    done: dict[str, list[OutputFile]] = {}
     fs = target.fs
+    for path in fs.glob(storage.join(target.staging, DONE, "*.json")):
+        try:
+            record = json.loads(fs.cat_file(path))
+        except (OSError, ValueError):
+            continue  # half-written record: redo that fragment
+        name = posixpath.basename(path).removesuffix(".json")
+        done[name] = [OutputFile(f["path"], f["rows"]) for f in record["files"]]
+    return done
+
+
+def discard_unrecorded(target: OutputTarget, done: set[str]) -> None:
+    """Before resuming, drop staged files of fragments whose record was never written."""
+    keep = {own_prefix(name) for name in done}
+    stale = [
+        p for p in _staged_files(target) if _name_prefix(p.removesuffix(STAGED_SUFFIX)) not in keep
+    ]
+    if stale:
+        target.fs.rm(stale)
+
+
+def _staged_files(target: OutputTarget) -> list[str]:
+    fs = target.fs
+    if not fs.isdir(target.staging):
+        return []
+    return [p for p in fs.find(target.staging) if p.endswith(STAGED_SUFFIX)]
+
+
+def read_run_record(target: OutputTarget, key: str | None = None) -> dict[str, Any] | None:
+    """What the run staging under ``key`` (default: this target's) was started with."""
+    folder = storage.join(target.root, STAGING, key) if key else target.staging
     try:
-        if fs.exists(target.staging):
-            fs.rm(target.staging, recursive=True)
+        return json.loads(target.fs.cat_file(storage.join(folder, RUN_RECORD)))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def write_run_record(target: OutputTarget, record: dict[str, Any]) -> None:
+    storage.write_bytes_atomically(
+        target.fs, storage.join(target.staging, RUN_RECORD), json.dumps(record).encode()
+    )
+
+
+def other_stagings(target: OutputTarget) -> list[str]:
+    """Staging keys of other (interrupted) runs into this output."""
+    parent = storage.join(target.root, STAGING)
+    fs = target.fs
+    if not fs.isdir(parent):
+        return []
+    keys = [posixpath.basename(p.rstrip("/")) for p in fs.ls(parent, detail=False)]
+    return sorted(k for k in keys if k != target.staging_key)
+
+
+def discard_staging(target: OutputTarget, key: str | None = None) -> None:
+    """Remove a staging folder (and the ``_staging`` parent when nothing else is there)."""
+    fs = target.fs
+    folder = storage.join(target.root, STAGING, key) if key else target.staging
+    try:
+        if fs.exists(folder):
+            fs.rm(folder, recursive=True)
         parent = storage.join(target.root, STAGING)
-        if fs.isdir(parent) and not fs.ls(parent):
+        if storage.is_local(fs) and fs.isdir(parent) and not fs.ls(parent):
             fs.rmdir(parent)
     except OSError as exc:  # cleanup must never hide the real outcome
-        log.warning("could not remove staging folder %s: %s", target.staging, first_line(exc))
+        log.warning("could not remove staging folder %s: %s", folder, first_line(exc))
 
 
 def read_manifest(target: OutputTarget) -> dict[str, Any] | None:

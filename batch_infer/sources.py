@@ -41,6 +41,7 @@ class InputFile:
     url: str
     relative_path: str
     size: int
+    version: str
     metadata: pq.FileMetaData = field(repr=False)
     partition: dict[str, str | None]
 
@@ -114,7 +115,7 @@ def plan_input(config: InputConfig) -> InputPlan:
     """Resolve the input URL to files, read every footer and unify the schema."""
     fs, path = storage.resolve(config.path, config.storage_options)
     root, paths = _list_files(fs, path, config.path)
-    sizes = _sizes(fs, paths)
+    versions = {p: storage.file_version(fs, p) for p in paths}
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
         metadatas = list(pool.map(lambda p: _read_footer(fs, p), paths))
     files = [
@@ -122,7 +123,8 @@ def plan_input(config: InputConfig) -> InputPlan:
             path=p,
             url=storage.display(fs, p),
             relative_path=posixpath.relpath(p, root) if root else posixpath.basename(p),
-            size=sizes[p],
+            size=versions[p][0],
+            version=versions[p][1],
             metadata=meta,
             partition=_hive_keys(posixpath.relpath(posixpath.dirname(p), root) if root else ""),
         )
@@ -238,10 +240,6 @@ def _glob_root(pattern: str) -> str:
             break
         parts.append(part)
     return "/".join(parts).rstrip("/")
-
-
-def _sizes(fs: fsspec.AbstractFileSystem, paths: list[str]) -> dict[str, int]:
-    return {p: int(fs.size(p) or 0) for p in paths}
 
 
 def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:

@@ -7,6 +7,7 @@ environment through s3fs/botocore, so a job configured for the AWS CLI works unc
 
 from __future__ import annotations
 
+import os
 import posixpath
 from typing import Any
 
@@ -41,6 +42,38 @@ def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     if is_local(fs):
         return pafs.LocalFileSystem()
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def file_version(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, str]:
+    """Size and a token that changes when the file does (mtime locally, ETag on S3)."""
+    info = fs.info(path)
+    token = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("etag")
+    return int(info.get("size") or 0), str(token or "")
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Create ``path`` only if it does not exist; False when it already did. Atomic on a local
+    disk (O_EXCL) and on S3 (a conditional PUT, If-None-Match: *)."""
+    if is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        return True
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except (FileExistsError, OSError) as exc:
+        if (
+            isinstance(exc, FileExistsError)
+            or "PreconditionFailed" in str(exc)
+            or "412" in str(exc)
+        ):
+            return False
+        raise
+    return True
 
 
 def join(*parts: str) -> str:

@@ -1,0 +1,25 @@
+"""Named points where tests kill the process, to prove every stage is crash-safe.
+
+``BATCH_INFER_FAILPOINT=<name>`` makes the process SIGKILL itself the first time it reaches the
+point of that name: no cleanup, no ``finally``, exactly like ``kill -9`` or a lost machine.
+Unset (always, outside tests) it costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = (
+    "after-plan",  # footers read, nothing staged
+    "mid-fragment",  # a part file is open and half written
+    "between-fragments",  # some fragments staged and recorded, others not started
+    "mid-commit",  # some files moved to their final names, others still staged
+    "before-manifest",  # every file in place, no manifest yet
+    "before-success",  # manifest written, _SUCCESS not yet
+)
+
+
+def reached(name: str) -> None:
+    if os.environ.get("BATCH_INFER_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
