@@ -65,6 +65,35 @@ RunDateOpt = Annotated[
 VersionOpt = Annotated[
     str | None, typer.Option("--model-version", help="model_version value (default: sha256[:12]).")
 ]
+IfExistsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--if-exists",
+        help="With --mode error and a committed output: fail (exit 5) or skip (exit 0).",
+    ),
+]
+ResumeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--resume/--no-resume",
+        help="Default: resume an interrupted run of the same inputs, model and config. "
+        "--resume insists (refused if they changed); --no-resume starts over.",
+    ),
+]
+ModelShaOpt = Annotated[
+    str | None,
+    typer.Option("--model-sha256", help="Refuse to load a model file with another sha256."),
+]
+ScalerShaOpt = Annotated[
+    str | None,
+    typer.Option("--scaler-sha256", help="Refuse to load a scaler file with another sha256."),
+]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict-versions", help="Refuse a model saved with another scikit-learn version."
+    ),
+]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="Row groups scored side by side (default: cores).")
 ]
@@ -91,6 +120,11 @@ def run(
     mode: ModeOpt = None,
     run_date: RunDateOpt = None,
     model_version: VersionOpt = None,
+    if_exists: IfExistsOpt = None,
+    resume: ResumeOpt = None,
+    model_sha256: ModelShaOpt = None,
+    scaler_sha256: ScalerShaOpt = None,
+    strict_versions: StrictOpt = False,
     workers: WorkersOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -114,10 +148,16 @@ def run(
         model_version,
     )
     overrides["workers"] = workers
+    overrides["resume"] = resume
+    overrides["output"]["if_exists"] = if_exists
+    overrides["model"].update(
+        sha256=model_sha256, scaler_sha256=scaler_sha256, strict_versions=strict_versions or None
+    )
     with _errors(verbose):
         from .progress import LogProgress, NoProgress, RichProgress
         from .runner import run as run_job
 
+        _stop_on_sigterm()
         run_config = _load(config, overrides)
         if quiet:
             progress: Any = NoProgress()
@@ -232,7 +272,11 @@ class _errors:
         if self.verbose:
             traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
         if isinstance(exc, KeyboardInterrupt):
-            _fail("interrupted; nothing was committed", "rerun the same command", 130)
+            _fail(
+                "interrupted by SIGINT (Ctrl-C); nothing was committed",
+                "rerun the same command to resume where it stopped",
+                130,
+            )
         if isinstance(exc, BatchInferError):
             _fail(exc.what, exc.fix, exc.exit_code)
         if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
@@ -270,6 +314,18 @@ def main() -> None:
             sys.stderr.write(f"Error: {exc.format_message()} — see '{command} --help'\n")
         raise SystemExit(exc.exit_code) from None
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (Airflow, systemd, Kubernetes) stops the run like Ctrl-C does: exit 143."""
+    import signal
+
+    from .errors import Interrupted
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted("SIGTERM", 128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _fail(what: str, fix: str, code: int) -> NoReturn:

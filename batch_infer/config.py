@@ -52,6 +52,16 @@ class ModelConfig(_Section):
 
     path: str
     scaler: str | None = None
+    sha256: str | None = Field(
+        None, description="Pin: the model file's sha256, checked before loading."
+    )
+    scaler_sha256: str | None = Field(None, description="Pin for the scaler file.")
+    trusted_types: list[str] = Field(
+        default_factory=list, description=".skops only: types to trust beyond the defaults."
+    )
+    strict_versions: bool = Field(
+        False, description="Refuse a model saved with another scikit-learn version (default: warn)."
+    )
     features: list[str] | None = None
     version: str | None = Field(None, description="Defaults to the model file's sha256[:12].")
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -217,6 +227,8 @@ FLAGS = {
     "model.scaler": "--scaler",
     "model.features": "--features",
     "model.version": "--model-version",
+    "model.sha256": "--model-sha256",
+    "model.scaler_sha256": "--scaler-sha256",
     "output.path": "--output",
     "output.partition_by": "--partition-by",
     "output.mode": "--mode",

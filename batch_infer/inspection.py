@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-MODEL_SUFFIXES = (".joblib", ".pkl", ".pickle")
+MODEL_SUFFIXES = (".joblib", ".pkl", ".pickle", ".skops")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def describe_model(path: str) -> Description:
 
     from .model import load_artifact
 
-    artifact = load_artifact(path, {}, role="model")
+    artifact = load_artifact(path)
     obj = artifact.obj
     names = getattr(obj, "feature_names_in_", None)
     classes = getattr(obj, "classes_", None)

@@ -82,9 +82,9 @@ class LoadedModel:
 
 def load_model(config: ModelConfig) -> LoadedModel:
     """Load the estimator (and scaler), then work out its features, kind and version."""
-    estimator = load_artifact(config.path, config.storage_options, role="model")
+    estimator = load_artifact(config.path, config, "model", config.sha256)
     scaler = (
-        load_artifact(config.scaler, config.storage_options, role="scaler")
+        load_artifact(config.scaler, config, "scaler", config.scaler_sha256)
         if config.scaler
         else None
     )
@@ -126,11 +126,35 @@ def _predicts_argmax_of_proba(estimator: Any) -> bool:
     return type(final).predict in {cls.predict for cls in known}
 
 
-def load_artifact(url: str, storage_options: dict[str, Any], role: str) -> Artifact:
-    """Read a joblib file's bytes, hash them, then unpickle; every failure is a ModelError."""
-    import joblib
+# scikit-learn's own internal types that skops does not trust by default, yet only hold arrays
+SKOPS_TRUSTED = [
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss.loss.HalfSquaredError",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.Interval",
+]
 
-    fs, path = storage.resolve(url, storage_options)
+
+def load_artifact(
+    url: str,
+    config: ModelConfig | None = None,
+    role: str = "model",
+    expected_sha256: str | None = None,
+) -> Artifact:
+    """Read an artifact's bytes, hash them, check the pin, then deserialize.
+
+    joblib/pickle files run code when loaded, so a configured sha256 is checked before anything
+    is deserialized. ``.skops`` files load without running code and only with trusted types.
+    Every failure is a ModelError (exit 4).
+    """
+    config = config or ModelConfig(path=url)
+    fs, path = storage.resolve(url, config.storage_options)
     try:
         data = fs.cat_file(path)
     except FileNotFoundError:
@@ -139,27 +163,72 @@ def load_artifact(url: str, storage_options: dict[str, Any], role: str) -> Artif
         raise ModelError(
             f"cannot read {role} file {url}: {first_line(exc)}", f"check --{role}"
         ) from None
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 and digest != expected_sha256.strip().lower():
+        raise ModelError(
+            f"{role} file {url} has sha256 {digest}, not the pinned {expected_sha256}; not loaded",
+            f"check which file --{role} points at, or update the pin (--{role}-sha256)",
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            obj = joblib.load(io.BytesIO(data))
-        except Exception as exc:  # unpickling can raise almost anything
-            cause = (
-                "not a joblib or pickle file"
-                if isinstance(exc, KeyError | EOFError | pickle.UnpicklingError)
-                else f"{type(exc).__name__}: {first_line(exc)}"
-            )
-            raise ModelError(
-                f"cannot load {role} file {url}: {cause}",
-                "it must be a joblib file saved with compatible scikit-learn/numpy versions",
-            ) from None
+        if url.lower().endswith(".skops"):
+            obj = _load_skops(data, url, role, config.trusted_types)
+        else:
+            obj = _load_joblib(data, url, role)
     saved_version = _saved_sklearn_version(obj, caught)
-    return Artifact(
-        obj=obj,
-        url=url,
-        sha256=hashlib.sha256(data).hexdigest(),
-        saved_sklearn_version=saved_version,
-    )
+    if config.strict_versions and saved_version is not None:
+        import sklearn
+
+        if saved_version != sklearn.__version__:
+            raise ModelError(
+                f"{role} file {url} was saved with scikit-learn {saved_version}, "
+                f"{sklearn.__version__} is installed (--strict-versions)",
+                f"install scikit-learn=={saved_version}, or re-save the model with this version",
+            )
+    return Artifact(obj=obj, url=url, sha256=digest, saved_sklearn_version=saved_version)
+
+
+def _load_joblib(data: bytes, url: str, role: str) -> Any:
+    import joblib
+
+    try:
+        return joblib.load(io.BytesIO(data))
+    except Exception as exc:  # unpickling can raise almost anything
+        cause = (
+            "not a joblib or pickle file"
+            if isinstance(exc, KeyError | EOFError | pickle.UnpicklingError)
+            else f"{type(exc).__name__}: {first_line(exc)}"
+        )
+        raise ModelError(
+            f"cannot load {role} file {url}: {cause}",
+            "it must be a joblib file saved with compatible scikit-learn/numpy versions",
+        ) from None
+
+
+def _load_skops(data: bytes, url: str, role: str, extra_trusted: list[str]) -> Any:
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as exc:
+        raise ModelError(
+            f"cannot load {role} file {url}: not a valid .skops file ({first_line(exc)})",
+            "save it with skops.io.dump",
+        ) from None
+    trusted = set(SKOPS_TRUSTED) | set(extra_trusted)
+    refused = sorted(set(untrusted) - trusted)
+    if refused:
+        raise ModelError(
+            f"{role} file {url} holds types that are not trusted: {', '.join(refused)}; not loaded",
+            "if you trust them, list them under model.trusted_types in the config",
+        )
+    try:
+        return sio.loads(data, trusted=sorted(set(untrusted)))
+    except Exception as exc:
+        raise ModelError(
+            f"cannot load {role} file {url}: {type(exc).__name__}: {first_line(exc)}",
+            "re-save it with skops.io.dump and this scikit-learn version",
+        ) from None
 
 
 def _saved_sklearn_version(obj: Any, caught: list[warnings.WarningMessage]) -> str | None:
