@@ -243,9 +243,19 @@ def _overrides(
 
 
 def _load(config_file: Path | None, overrides: dict[str, Any]) -> Any:
+    from . import redaction
     from .config import load_config
 
-    return load_config(config_file, overrides)
+    config = load_config(config_file, overrides)
+    secrets = redaction.secret_values(
+        [config.input.storage_options, config.model.storage_options, config.output.storage_options]
+    )
+    redaction.install(secrets)
+    _SECRETS.update(secrets)
+    return config
+
+
+_SECRETS: set[str] = set()  # masked in error lines and tracebacks too
 
 
 def _emit(report: Any, output_format: OutputFormat, quiet: bool) -> None:
@@ -270,7 +280,10 @@ class _errors:
         from .errors import BatchInferError, first_line
 
         if self.verbose:
-            traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
+            from .redaction import redact
+
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            sys.stderr.write(redact(text, _SECRETS))
         if isinstance(exc, KeyboardInterrupt):
             _fail(
                 "interrupted by SIGINT (Ctrl-C); nothing was committed",
@@ -329,7 +342,10 @@ def _stop_on_sigterm() -> None:
 
 
 def _fail(what: str, fix: str, code: int) -> NoReturn:
-    sys.stderr.write(f"Error: {what} — {fix}\n" if fix else f"Error: {what}\n")
+    from .redaction import redact
+
+    line = f"Error: {what} — {fix}" if fix else f"Error: {what}"
+    sys.stderr.write(redact(line, _SECRETS) + "\n")
     sys.stderr.flush()
     raise typer.Exit(code)
 
@@ -349,5 +365,6 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
         datefmt="%Y-%m-%dT%H:%M:%S%z",
         force=True,
     )
+    # Their DEBUG output includes request headers (the access key id among them): never wanted.
     for noisy in ("botocore", "s3fs", "fsspec", "aiobotocore", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
