@@ -11,7 +11,7 @@ import os
 import signal
 
 POINTS = (
-    "after-plan",  # footers read, nothing staged
+    "after-plan",  # footers read, lock taken, run recorded, nothing staged
     "mid-fragment",  # a part file is open and half written
     "between-fragments",  # some fragments staged and recorded, others not started
     "mid-commit",  # some files moved to their final names, others still staged

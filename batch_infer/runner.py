@@ -124,8 +124,8 @@ def run(
             log.info("finishing the interrupted commit of run %s", record["run_id"])
             manifest = sinks.finish_commit(target)
         else:
+            failpoints.reached("after-plan")
             files = _score(prepared, done, progress, cancel)
-            failpoints.reached("between-fragments")
             manifest = sinks.commit(
                 target,
                 files,
@@ -232,6 +232,7 @@ def _score(
     def work(fragment: sources.Fragment) -> tuple[sources.Fragment, StagedFragment]:
         staged = score_fragment(fragment, job, cancel)
         sinks.record_fragment(target, fragment.name, staged.files)
+        failpoints.reached("between-fragments")
         return fragment, staged
 
     with library_threads(workers, available_cores()):
@@ -360,6 +361,7 @@ def score_fragment(
         for batch in batches:
             if cancel is not None and cancel.is_set():
                 raise Cancelled(fragment.describe())
+            sinks.check_partition_values(batch, job.output.partition_by, fragment.describe())
             try:
                 result = score_batch(batch, job.model, job.spec)
             except (ValueError, TypeError, ArithmeticError) as exc:

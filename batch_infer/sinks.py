@@ -19,12 +19,13 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from . import failpoints, storage
 from .config import OutputConfig
-from .errors import ConfigError, OutputConflictError, first_line
+from .errors import ConfigError, InputError, OutputConflictError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +184,30 @@ def stage_fragment(
             file_visitor=remember,
             existing_data_behavior="overwrite_or_ignore",
         )
-    except pa.ArrowInvalid as exc:
-        if "compression" in str(exc).lower() or "codec" in str(exc).lower():
-            raise ConfigError(
-                f"output compression {config.compression!r} is not supported: {first_line(exc)}",
-                "use zstd, snappy, gzip, brotli, lz4 or none",
+    except OSError as exc:  # pyarrow's IO errors are OSErrors
+        if "too long" in str(exc).lower():
+            raise InputError(
+                f"a value of --partition-by {config.partition_by} in {fragment_name} is too long "
+                "for a folder name",
+                "partition by a column with short values (a date, a region code)",
             ) from None
         raise
     return sorted(written, key=lambda f: f.path)
+
+
+def check_partition_values(batch: pa.RecordBatch, partition_by: list[str], where: str) -> None:
+    """Refuse values a folder name cannot hold faithfully (pyarrow would cut them at a NUL)."""
+    for name in partition_by:
+        column = batch.column(name)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        if pc.any(pc.match_substring(column, "\x00")).as_py():
+            raise InputError(
+                f"a value of partition column {name!r} in {where} contains a NUL character",
+                "clean the column upstream, or partition by another column",
+            )
 
 
 def dictionary_columns(schema: pa.Schema, plain: set[str], partition_by: list[str]) -> list[str]:
