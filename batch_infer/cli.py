@@ -94,6 +94,20 @@ StrictOpt = Annotated[
         "--strict-versions", help="Refuse a model saved with another scikit-learn version."
     ),
 ]
+RejectsOpt = Annotated[
+    str | None,
+    typer.Option("--rejects", help="Where rejected rows go (default: <output>/_rejects)."),
+]
+MaxRejectRowsOpt = Annotated[
+    int | None,
+    typer.Option("--max-reject-rows", help="Rejected rows allowed before failing (default 0)."),
+]
+MaxRejectRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-reject-rate", help="Rejected share of input rows allowed (0-1, default 0)."
+    ),
+]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="Row groups scored side by side (default: cores).")
 ]
@@ -125,6 +139,9 @@ def run(
     model_sha256: ModelShaOpt = None,
     scaler_sha256: ScalerShaOpt = None,
     strict_versions: StrictOpt = False,
+    rejects: RejectsOpt = None,
+    max_reject_rows: MaxRejectRowsOpt = None,
+    max_reject_rate: MaxRejectRateOpt = None,
     workers: WorkersOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -149,7 +166,12 @@ def run(
     )
     overrides["workers"] = workers
     overrides["resume"] = resume
-    overrides["output"]["if_exists"] = if_exists
+    overrides["output"].update(
+        if_exists=if_exists,
+        rejects=rejects,
+        max_reject_rows=max_reject_rows,
+        max_reject_rate=max_reject_rate,
+    )
     overrides["model"].update(
         sha256=model_sha256, scaler_sha256=scaler_sha256, strict_versions=strict_versions or None
     )

@@ -97,6 +97,16 @@ class OutputConfig(_Section):
     max_rows_per_file: int = Field(1_048_576, gt=0, le=2**31 - 1)
     columns: OutputColumns = Field(default_factory=OutputColumns)
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    rejects: str | None = Field(
+        None,
+        description="Where rejected rows go (same storage as the output); default <output>/_rejects.",
+    )
+    max_reject_rows: int | None = Field(
+        None, ge=0, description="Rejected rows allowed (default 0)."
+    )
+    max_reject_rate: float | None = Field(
+        None, ge=0, le=1, description="Rejected share of input rows allowed (default 0)."
+    )
 
     _split_partition_by = field_validator("partition_by", mode="before")(_split_csv)
 
@@ -232,6 +242,9 @@ FLAGS = {
     "output.path": "--output",
     "output.partition_by": "--partition-by",
     "output.mode": "--mode",
+    "output.rejects": "--rejects",
+    "output.max_reject_rows": "--max-reject-rows",
+    "output.max_reject_rate": "--max-reject-rate",
     "output.if_exists": "--if-exists",
     "resume": "--resume/--no-resume",
     "run_date": "--run-date",

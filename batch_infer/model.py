@@ -47,6 +47,7 @@ class LoadedModel:
     has_probability: bool
     version: str
     labels_from_probability: bool = False
+    allows_nan: bool = False
 
     @property
     def sha256(self) -> str:
@@ -109,7 +110,24 @@ def load_model(config: ModelConfig) -> LoadedModel:
         has_probability=has_probability,
         version=config.version or estimator.sha256[:12],
         labels_from_probability=has_probability and _predicts_argmax_of_proba(estimator.obj),
+        allows_nan=_allows_nan(([scaler.obj] if scaler else []) + [estimator.obj]),
     )
+
+
+def _allows_nan(steps: list[Any]) -> bool:
+    """Whether every step accepts NaN (scikit-learn's ``allow_nan`` tag), pipelines unrolled."""
+    from sklearn.utils import get_tags
+
+    flat: list[Any] = []
+    for step in steps:
+        if hasattr(step, "steps"):
+            flat.extend(s for _, s in step.steps if s not in (None, "passthrough"))
+        else:
+            flat.append(step)
+    try:
+        return all(get_tags(step).input_tags.allow_nan for step in flat)
+    except (AttributeError, TypeError, ValueError):
+        return False  # not a scikit-learn estimator: NaN rows are set aside for it
 
 
 def _predicts_argmax_of_proba(estimator: Any) -> bool:

@@ -22,6 +22,7 @@ class RunReport:
     model_version: str
     predicted_at: str
     run_date: str | None = None
+    rows_rejected: int = 0
     status: str = "committed"
 
     def to_dict(self) -> dict[str, Any]:
@@ -29,11 +30,18 @@ class RunReport:
 
     def summary(self) -> str:
         rate = self.rows_in / self.seconds if self.seconds > 0 else 0.0
+        if self.status == "skipped":
+            return f"Skipped: {self.output} is already committed (run {self.run_id})"
         return "\n".join(
             [
                 f"Committed {self.rows_out:,} rows to {self.output}",
                 f"  input     {self.rows_in:,} rows in {self.files_in} file(s), {self.fragments} row group(s)",
                 f"  output    {self.files_out} Parquet file(s), _manifest.json, _SUCCESS",
+                *(
+                    [f"  rejected  {self.rows_rejected:,} rows (see _manifest.json: rejects)"]
+                    if self.rows_rejected
+                    else []
+                ),
                 f"  model     version {self.model_version} (sha256 {self.model_sha256[:16]}…)",
                 f"  time      {self.seconds:.2f} s ({rate:,.0f} rows/s)",
                 f"  run id    {self.run_id}",

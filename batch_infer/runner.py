@@ -36,7 +36,15 @@ from .executor import available_cores, library_threads, run_parallel
 from .model import LoadedModel, load_model
 from .progress import NoProgress, Progress
 from .report import RunReport, ValidationReport
-from .scoring import ScoringSpec, is_numeric, label_type, output_fields, score_batch
+from .scoring import (
+    REJECT_FIELDS,
+    RowOrigin,
+    ScoringSpec,
+    is_numeric,
+    label_type,
+    output_fields,
+    score_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +237,15 @@ def _score(
         if fragment.name in done:
             advance(fragment, fragment.num_rows)
 
+    output = config.output
+    budget = RejectBudget(
+        plan.total_rows, output.max_reject_rows, output.max_reject_rate, target.rejects_url
+    )
+    for files in done.values():
+        budget.count += sum(f.rows for f in files if sinks.is_reject_file(f.path))
+
     def work(fragment: sources.Fragment) -> tuple[sources.Fragment, StagedFragment]:
-        staged = score_fragment(fragment, job, cancel)
+        staged = score_fragment(fragment, job, cancel, budget)
         sinks.record_fragment(target, fragment.name, staged.files)
         failpoints.reached("between-fragments")
         return fragment, staged
@@ -240,10 +255,12 @@ def _score(
             work, todo, workers, on_result=lambda r: advance(r[0], r[1].rows), cancel=cancel
         )
     files = [f for name in done for f in done[name]] + [f for _, s in results for f in s.files]
-    rows = sum(f.rows for f in files)
+    rows = sum(f.rows for f in files)  # scored and rejected
     if rows != plan.total_rows:  # a row lost or doubled is a bug, never a result
         raise RuntimeError(f"staged {rows} rows but the input holds {plan.total_rows}")
-    if not files:
+    if budget.count:
+        log.warning("%d row(s) rejected, kept in %s", budget.count, target.rejects_url)
+    if not [f for f in files if not sinks.is_reject_file(f.path)]:
         files = [sinks.stage_empty(target, prepared.output_schema, config.output.partition_by)]
     return files
 
@@ -333,6 +350,7 @@ def _report(prepared: _Prepared, manifest: dict[str, Any], started: float) -> Ru
         output=prepared.target.url,
         rows_in=plan.total_rows,
         rows_out=manifest.get("rows_out", 0),
+        rows_rejected=manifest.get("rows_rejected", 0),
         files_in=len(plan.files),
         files_out=len(manifest.get("files", [])),
         fragments=len(plan.fragments),
@@ -344,10 +362,46 @@ def _report(prepared: _Prepared, manifest: dict[str, Any], started: float) -> Ru
     )
 
 
+class RejectBudget:
+    """Counts rejected rows across workers; raises once more are rejected than allowed.
+
+    With neither limit set none are allowed: the default is to fail and commit nothing.
+    """
+
+    def __init__(self, total_rows: int, max_rows: int | None, max_rate: float | None, where: str):
+        limits = []
+        if max_rows is not None:
+            limits.append(max_rows)
+        if max_rate is not None:
+            limits.append(int(max_rate * total_rows))
+        self.allowed = min(limits) if limits else 0
+        self.count = 0
+        self.where = where
+        self._lock = threading.Lock()
+
+    def add(self, rejected: pa.RecordBatch) -> None:
+        with self._lock:
+            self.count += rejected.num_rows
+            over = self.count > self.allowed
+        if over:
+            first = rejected.slice(0, 1).to_pylist()[0]
+            raise InputError(
+                f"{self.count} row(s) rejected, more than the {self.allowed} allowed; first: "
+                f"{first['reject_source_file']} row group {first['reject_row_group']} "
+                f"row {first['reject_row_index']}: {first['reject_message']}",
+                "fix those rows, or let them go to the rejects dataset with --max-reject-rows N "
+                f"or --max-reject-rate R (it would be {self.where})",
+            )
+
+
 def score_fragment(
-    fragment: sources.Fragment, job: FragmentJob, cancel: threading.Event | None = None
+    fragment: sources.Fragment,
+    job: FragmentJob,
+    cancel: threading.Event | None = None,
+    budget: RejectBudget | None = None,
 ) -> StagedFragment:
     """Read one row group, score it and stage its output; touches nothing outside staging."""
+    rejected: list[pa.RecordBatch] = []
 
     def scored() -> Iterator[pa.RecordBatch]:
         batches = sources.read_fragment(
@@ -358,18 +412,25 @@ def score_fragment(
             job.batch_size,
             job.decode_threads,
         )
+        first_row = fragment.file.first_row(fragment.row_group)
         for batch in batches:
             if cancel is not None and cancel.is_set():
                 raise Cancelled(fragment.describe())
             sinks.check_partition_values(batch, job.output.partition_by, fragment.describe())
+            origin = RowOrigin(fragment.file.url, fragment.row_group, first_row)
+            first_row += batch.num_rows
             try:
-                result = score_batch(batch, job.model, job.spec)
+                outcome = score_batch(batch, job.model, job.spec, origin)
             except (ValueError, TypeError, ArithmeticError) as exc:
                 raise InputError(
                     f"the model could not score {fragment.describe()}: {first_line(exc)}",
                     "check that feature values are finite and of the kind the model was fitted on",
                 ) from None
-            yield result
+            if outcome.rejected is not None:
+                rejected.append(outcome.rejected)
+                if budget is not None:
+                    budget.add(outcome.rejected)
+            yield outcome.scored
             failpoints.reached("mid-fragment")  # the writer holds this batch, its file is open
 
     files = sinks.stage_fragment(
@@ -380,8 +441,13 @@ def score_fragment(
         job.output,
         job.dictionary_columns,
     )
+    if rejected:
+        files.append(sinks.stage_rejects(job.target, fragment.name, rejected))
     return StagedFragment(
-        name=fragment.name, source=fragment.file.path, rows=sum(f.rows for f in files), files=files
+        name=fragment.name,
+        source=fragment.file.path,
+        rows=sum(f.rows for f in files if not sinks.is_reject_file(f.path)),
+        files=files,
     )
 
 
@@ -409,7 +475,15 @@ def _prepare(config: RunConfig) -> _Prepared:
     output_schema = _output_schema(plan.schema, added, config.output.partition_by)
     fingerprint = _fingerprint(config, plan, model)
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    target = sinks.open_target(output_url, config.output.storage_options, key)
+    target = sinks.open_target(
+        output_url, config.output.storage_options, key, config.output.rejects
+    )
+    clash = [f.name for f in REJECT_FIELDS if f.name in plan.schema.names]
+    if clash:
+        raise ConfigError(
+            f"input column(s) {clash} clash with the rejects dataset's own columns",
+            "rename them upstream",
+        )
     output_root = storage.display(target.fs, target.root)
     if _inside(output_root, plan.root):
         raise ConfigError(
@@ -531,7 +605,8 @@ def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -
         },
         "sklearn_version": sklearn.__version__,
         "rows_in": plan.total_rows,
-        "rows_out": sum(f.rows for f in files),
+        "rows_out": sum(f.rows for f in files if not sinks.is_reject_file(f.path)),
+        "rows_rejected": sum(f.rows for f in files if sinks.is_reject_file(f.path)),
         "partition_by": prepared.config.output.partition_by,
         "files": [{"path": f.path, "rows": f.rows} for f in files],
     }

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import OutputColumns
+from .errors import first_line
 from .model import LoadedModel
 
 PREDICTED_AT_TYPE = pa.timestamp("us", tz="UTC")
@@ -84,14 +85,124 @@ def label_type(model: LoadedModel) -> pa.DataType:
     return pa.array(np.asarray(model.estimator.obj.classes_)).type
 
 
-def score_batch(batch: pa.RecordBatch, model: LoadedModel, spec: ScoringSpec) -> pa.RecordBatch:
-    """Append prediction, probability, predicted_at and model_version columns to ``batch``."""
+@dataclass(frozen=True)
+class RowOrigin:
+    """Where a batch's rows come from, to name rejected rows precisely."""
+
+    file: str
+    row_group: int
+    first_row: int  # index in the file of the batch's first row
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Accepted rows with the added columns, and rejected rows with why (None when none)."""
+
+    scored: pa.RecordBatch
+    rejected: pa.RecordBatch | None
+
+
+REJECT_FIELDS = [
+    pa.field("reject_source_file", pa.string()),
+    pa.field("reject_row_group", pa.int32()),
+    pa.field("reject_row_index", pa.int64()),
+    pa.field("reject_column", pa.string()),
+    pa.field("reject_code", pa.string()),
+    pa.field("reject_message", pa.string()),
+]
+
+
+def reject_schema(input_schema: pa.Schema) -> pa.Schema:
+    """Rejected rows: why and where first, then every input column."""
+    return pa.schema(REJECT_FIELDS + list(input_schema))
+
+
+def score_batch(
+    batch: pa.RecordBatch,
+    model: LoadedModel,
+    spec: ScoringSpec,
+    origin: RowOrigin | None = None,
+) -> ScoredBatch:
+    """Score the rows the model can take; set aside the others with the reason.
+
+    Rows with an infinite feature, or a null/NaN one when the model does not accept NaN, are
+    rejected before scoring; rows the model itself raises on are found by bisecting the batch.
+    """
+    origin = origin or RowOrigin("", 0, 0)
+    matrix = feature_matrix(batch, spec.features)
+    reasons = _invalid_rows(batch, matrix, spec.features, model.allows_nan)
+    keep = np.array([r is None for r in reasons], dtype=bool)
+    label_chunks, proba_chunks, failed = _predict_rows(
+        model, matrix if keep.all() else np.asfortranarray(matrix[keep])
+    )
+    kept_positions = np.flatnonzero(keep)
+    for position, message in failed.items():
+        row = int(kept_positions[position])
+        reasons[row] = (None, "MODEL_ERROR", message)
+        keep[row] = False
+    labels = np.concatenate(label_chunks) if label_chunks else np.empty(0)
+    proba = np.concatenate(proba_chunks) if proba_chunks else None
+    accepted = batch.filter(pa.array(keep)) if not keep.all() else batch
+    scored = _append_outputs(accepted, labels, proba, model, spec)
+    if keep.all():
+        return ScoredBatch(scored, None)
+    return ScoredBatch(scored, _rejected(batch, keep, reasons, origin))
+
+
+def _invalid_rows(
+    batch: pa.RecordBatch, matrix: np.ndarray, features: list[str], allows_nan: bool
+) -> list[tuple[str | None, str, str] | None]:
+    """Per row: None if scorable, else (column, code, message) for its first bad feature."""
+    reasons: list[tuple[str | None, str, str] | None] = [None] * batch.num_rows
+    for position, name in enumerate(features):
+        values = matrix[:, position]
+        infinite = np.isinf(values)
+        nulls = batch.column(name).is_null().to_numpy(zero_copy_only=False)
+        nans = np.isnan(values) & ~nulls
+        checks = [(infinite, "INF", "infinite value")]
+        if not allows_nan:
+            checks += [(nulls, "NULL", "null value"), (nans, "NAN", "NaN value")]
+        for mask, code, message in checks:
+            for row in np.flatnonzero(mask):
+                if reasons[row] is None:
+                    reasons[row] = (name, code, f"{message} in feature {name!r}")
+    return reasons
+
+
+def _predict_rows(
+    model: LoadedModel, matrix: np.ndarray, offset: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str]]:
+    """Predict every row; where the model raises, bisect down to the rows it raises on.
+
+    Returns label and probability chunks, in order, for the rows that scored, and the failed
+    rows' positions (in ``matrix``) with the model's message.
+    """
+    if len(matrix) == 0:
+        return [], [], {}
+    try:
+        labels, proba = model.predict(matrix)
+        return [labels], [] if proba is None else [proba], {}
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        if len(matrix) == 1:
+            return [], [], {offset: first_line(exc)}
+    middle = len(matrix) // 2
+    left = _predict_rows(model, matrix[:middle], offset)
+    right = _predict_rows(model, matrix[middle:], offset + middle)
+    return left[0] + right[0], left[1] + right[1], {**left[2], **right[2]}
+
+
+def _append_outputs(
+    batch: pa.RecordBatch,
+    labels: np.ndarray,
+    proba: np.ndarray | None,
+    model: LoadedModel,
+    spec: ScoringSpec,
+) -> pa.RecordBatch:
     rows = batch.num_rows
     new_fields = output_fields(model, spec, label_type(model))
     if rows == 0:
         new_columns = [pa.array([], type=f.type) for f in new_fields]
     else:
-        labels, proba = model.predict(feature_matrix(batch, spec.features))
         new_columns = [pa.array(labels, type=new_fields[0].type)]
         if proba is not None:
             if model.kind == "binary":
@@ -105,4 +216,27 @@ def score_batch(batch: pa.RecordBatch, model: LoadedModel, spec: ScoringSpec) ->
     return pa.RecordBatch.from_arrays(
         list(batch.columns) + new_columns,
         schema=pa.schema(list(batch.schema) + new_fields, metadata=batch.schema.metadata),
+    )
+
+
+def _rejected(
+    batch: pa.RecordBatch,
+    keep: np.ndarray,
+    reasons: list[tuple[str | None, str, str] | None],
+    origin: RowOrigin,
+) -> pa.RecordBatch:
+    rows = np.flatnonzero(~keep)
+    why = [reasons[r] or (None, "", "") for r in rows]
+    count = len(rows)
+    columns = [
+        pa.repeat(pa.scalar(origin.file, pa.string()), count),
+        pa.repeat(pa.scalar(origin.row_group, pa.int32()), count),
+        pa.array(origin.first_row + rows, pa.int64()),
+        pa.array([w[0] for w in why], pa.string()),
+        pa.array([w[1] for w in why], pa.string()),
+        pa.array([w[2] for w in why], pa.string()),
+    ]
+    rejected = batch.filter(pa.array(~keep))
+    return pa.RecordBatch.from_arrays(
+        columns + list(rejected.columns), schema=reject_schema(batch.schema)
     )

@@ -35,6 +35,7 @@ STAGING = "_staging"
 STAGED_SUFFIX = ".staged"
 COMMIT_INTENT = "_commit.json"
 RUN_RECORD = "_run.json"
+REJECTS = "_rejects"
 DONE = "_done"
 
 
@@ -54,18 +55,38 @@ class OutputTarget:
     root: str
     url: str
     staging_key: str
+    rejects_root: str | None = None  # None: <root>/_rejects
 
     @property
     def staging(self) -> str:
         return storage.join(self.root, STAGING, self.staging_key)
 
     def final_path(self, relative: str) -> str:
+        if self.rejects_root and is_reject_file(relative):
+            return storage.join(self.rejects_root, relative[len(REJECTS) + 1 :])
         return storage.join(self.root, relative)
 
+    @property
+    def rejects_url(self) -> str:
+        return storage.display(self.fs, self.rejects_root or storage.join(self.root, REJECTS))
 
-def open_target(url: str, storage_options: dict[str, Any], staging_key: str) -> OutputTarget:
+
+def open_target(
+    url: str, storage_options: dict[str, Any], staging_key: str, rejects: str | None = None
+) -> OutputTarget:
     fs, root = storage.resolve(url, storage_options)
-    return OutputTarget(fs=fs, root=root.rstrip("/"), url=url, staging_key=staging_key)
+    rejects_root = None
+    if rejects:
+        rejects_fs, rejects_root = storage.resolve(rejects, storage_options)
+        if type(rejects_fs) is not type(fs):
+            raise ConfigError(
+                f"--rejects {rejects} is not on the same storage as the output {url}",
+                "put the rejects next to the output (default: <output>/_rejects)",
+            )
+        rejects_root = rejects_root.rstrip("/")
+    return OutputTarget(
+        fs=fs, root=root.rstrip("/"), url=url, staging_key=staging_key, rejects_root=rejects_root
+    )
 
 
 def check_target(target: OutputTarget, mode: str, own_prefixes: set[str]) -> None:
@@ -195,6 +216,23 @@ def stage_fragment(
     return sorted(written, key=lambda f: f.path)
 
 
+def is_reject_file(relative: str) -> bool:
+    return relative.startswith(REJECTS + "/")
+
+
+def stage_rejects(
+    target: OutputTarget, fragment_name: str, batches: list[pa.RecordBatch]
+) -> OutputFile:
+    """Stage one fragment's rejected rows as ``_rejects/part-<fragment>-0.parquet``."""
+    relative = f"{REJECTS}/{own_prefix(fragment_name)}-0.parquet"
+    path = _staged(target, relative)
+    target.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    table = pa.Table.from_batches(batches)
+    with target.fs.open(path, "wb") as handle:
+        pq.write_table(table, handle, compression="zstd")
+    return OutputFile(relative, table.num_rows)
+
+
 def check_partition_values(batch: pa.RecordBatch, partition_by: list[str], where: str) -> None:
     """Refuse values a folder name cannot hold faithfully (pyarrow would cut them at a NUL)."""
     for name in partition_by:
@@ -247,13 +285,16 @@ def commit(
     check_target(target, mode, own_prefixes)
     new = {f.path for f in files}
     old_manifest = read_manifest(target) or {}
-    old_files = {f["path"]: f["rows"] for f in old_manifest.get("files", [])}
+    old_files = {
+        f["path"]: f["rows"]
+        for f in old_manifest.get("files", []) + old_manifest.get("rejects", [])
+    }
     leftovers = _files_written_by_batch_infer(target) | {
         p for p in visible_data_files(target) if _name_prefix(p) in own_prefixes
     }
     kept: dict[str, int] = {}
     if mode == "overwrite-partitions":
-        touched = {posixpath.dirname(p) for p in new}
+        touched = {posixpath.dirname(p) for p in new if not is_reject_file(p)}
         kept = {
             p: n
             for p, n in old_files.items()
@@ -261,13 +302,16 @@ def commit(
         }
         leftovers = {p for p in leftovers if posixpath.dirname(p) in touched}
     remove = sorted(p for p in (leftovers | set(old_files)) - new - set(kept))
+    entries = sorted(
+        [{"path": p, "rows": n} for p, n in kept.items()]
+        + [{"path": f.path, "rows": f.rows} for f in files],
+        key=lambda entry: entry["path"],
+    )
     manifest = {
         **manifest,
-        "files": sorted(
-            [{"path": p, "rows": n} for p, n in kept.items()]
-            + [{"path": f.path, "rows": f.rows} for f in files],
-            key=lambda entry: entry["path"],
-        ),
+        "files": [e for e in entries if not is_reject_file(e["path"])],
+        "rejects": [e for e in entries if is_reject_file(e["path"])],
+        "rejects_location": target.rejects_url,
     }
     manifest["rows_committed"] = sum(entry["rows"] for entry in manifest["files"])
     intent = {"add": sorted(new), "remove": remove, "manifest": manifest}

@@ -57,6 +57,10 @@ class InputFile:
     def schema(self) -> pa.Schema:
         return self.metadata.schema.to_arrow_schema()
 
+    def first_row(self, row_group: int) -> int:
+        """Index in the file of a row group's first row."""
+        return sum(self.metadata.row_group(i).num_rows for i in range(row_group))
+
 
 @dataclass(frozen=True, eq=False)
 class Fragment:
