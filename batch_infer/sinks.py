@@ -137,7 +137,8 @@ def _name_prefix(relative_path: str) -> str:
 
 def _files_written_by_batch_infer(target: OutputTarget) -> set[str]:
     """Files the committed manifest lists, and those of commits that were interrupted."""
-    known = {f["path"] for f in (read_manifest(target) or {}).get("files", [])}
+    manifest = read_manifest(target) or {}
+    known = {f["path"] for f in manifest.get("files", [])} | set(manifest.get("superseded", []))
     fs = target.fs
     for intent in fs.glob(storage.join(target.root, STAGING, "*", COMMIT_INTENT)):
         try:
@@ -346,16 +347,18 @@ def finish_commit(target: OutputTarget) -> dict[str, Any]:
         _move(fs, [_staged(target, relative)], [target.final_path(relative)])
         if index == 0:
             failpoints.reached("mid-commit")
-    stale = [target.final_path(p) for p in intent["remove"] if fs.exists(target.final_path(p))]
-    if stale:
-        fs.rm(stale)
     failpoints.reached("before-manifest")
-    manifest = intent["manifest"]
+    manifest = {**intent["manifest"], "superseded": intent["remove"]}
     storage.write_bytes_atomically(
         fs, storage.join(target.root, MANIFEST), json.dumps(manifest, indent=2).encode()
     )
     failpoints.reached("before-success")
     storage.write_bytes_atomically(fs, storage.join(target.root, SUCCESS), b"")
+    # The old data goes only now that the new is committed; the manifest names what it replaced,
+    # so files left by a crash right here are still known as batch-infer's.
+    stale = [target.final_path(p) for p in intent["remove"] if fs.exists(target.final_path(p))]
+    if stale:
+        fs.rm(stale)
     discard_staging(target)
     return manifest
 
