@@ -17,6 +17,7 @@ POINTS = (
     "mid-commit",  # some files moved to their final names, others still staged
     "before-manifest",  # every file in place, no manifest yet
     "before-success",  # manifest written, _SUCCESS not yet
+    "after-success",  # committed; replaced files and staging not yet cleaned up
 )
 
 

@@ -50,6 +50,12 @@ class OutputLock:
 
         threading.Thread(target=beat, name="lock-heartbeat", daemon=True).start()
 
+    def rename(self, run_id: str) -> None:
+        """Name the run that holds the lock once it is known (a resumed run keeps its id)."""
+        if run_id != self.record["run_id"]:
+            self.record = {**self.record, "run_id": run_id}
+            self.target.fs.pipe_file(self.path, json.dumps(self.record).encode())
+
     def release(self) -> None:
         self._stop.set()
         try:

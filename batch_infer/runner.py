@@ -117,6 +117,8 @@ def run(
     cancel = cancel or threading.Event()
     prepared = _prepare(config)
     target = prepared.target
+    if sinks.committed_but_not_cleaned(target) is not None:
+        return _finish_cleanup(prepared, started)
     skipped = _skip_if_committed(prepared, started)
     if skipped is not None:
         return skipped
@@ -125,6 +127,7 @@ def run(
     try:
         sinks.check_target(target, config.output.mode, prepared.own_prefixes)
         record, done = _resume(prepared)
+        held.rename(record["run_id"])
         prepared.spec = replace(
             prepared.spec, predicted_at=dt.datetime.fromisoformat(record["predicted_at"])
         )
@@ -175,6 +178,20 @@ def validate(config: RunConfig) -> ValidationReport:
         model_sha256=prepared.model.sha256,
         added_columns=prepared.output_schema.names[len(plan.schema) :],
     )
+
+
+def _finish_cleanup(prepared: _Prepared, started: float) -> RunReport:
+    """The same run was killed after committing: finish its cleanup and report it as done."""
+    held = lock.acquire(prepared.target, _new_run_id())
+    try:
+        intent = sinks.committed_but_not_cleaned(prepared.target)
+        if intent is not None:
+            sinks.finish_cleanup(prepared.target, intent)
+    finally:
+        held.release()
+    manifest = sinks.read_manifest(prepared.target) or {}
+    log.info("run %s was already committed; finished its cleanup", manifest.get("run_id"))
+    return _report(prepared, manifest, started)
 
 
 def _skip_if_committed(prepared: _Prepared, started: float) -> RunReport | None:

@@ -354,13 +354,33 @@ def finish_commit(target: OutputTarget) -> dict[str, Any]:
     )
     failpoints.reached("before-success")
     storage.write_bytes_atomically(fs, storage.join(target.root, SUCCESS), b"")
-    # The old data goes only now that the new is committed; the manifest names what it replaced,
-    # so files left by a crash right here are still known as batch-infer's.
+    failpoints.reached("after-success")
+    finish_cleanup(target, intent)
+    return manifest
+
+
+def finish_cleanup(target: OutputTarget, intent: dict[str, Any]) -> None:
+    """After ``_SUCCESS``: delete the files the new result replaced, then the staging folder.
+
+    The old data goes only now that the new is committed; the manifest names what it replaced
+    (``superseded``), so files a crash leaves here are still known as batch-infer's.
+    """
+    fs = target.fs
     stale = [target.final_path(p) for p in intent["remove"] if fs.exists(target.final_path(p))]
     if stale:
         fs.rm(stale)
     discard_staging(target)
-    return manifest
+
+
+def committed_but_not_cleaned(target: OutputTarget) -> dict[str, Any] | None:
+    """The commit plan of a run killed after its ``_SUCCESS``: committed, cleanup pending."""
+    intent = pending_commit(target)
+    if intent is None or not target.fs.exists(storage.join(target.root, SUCCESS)):
+        return None
+    manifest = read_manifest(target) or {}
+    if manifest.get("run_id") != intent["manifest"].get("run_id"):
+        return None
+    return intent
 
 
 def _staged(target: OutputTarget, relative: str) -> str:

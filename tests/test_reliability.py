@@ -83,8 +83,11 @@ def test_kill_at_any_stage_then_rerun_gives_the_uninterrupted_result(
     command = _command(churn_input, out, trained_models["binary"])
     killed = _run(command, BATCH_INFER_FAILPOINT=point)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert not (out / "_SUCCESS").exists()  # what honouring readers wait for
-    if point != "before-success":
+    if point == "after-success":  # committed: only the cleanup is left for the rerun
+        assert (out / "_SUCCESS").exists() and _leftovers(out)
+    else:
+        assert not (out / "_SUCCESS").exists()  # what honouring readers wait for
+    if point not in ("before-success", "after-success"):
         assert not (out / "_manifest.json").exists()
 
     rerun = _run(command)
