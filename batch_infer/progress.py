@@ -75,7 +75,8 @@ class LogProgress:
             self._log()
 
     def finish(self) -> None:
-        self._log()
+        if self.last:  # started: a run that only finished a commit has nothing to report
+            self._log()
 
     def _log(self) -> None:
         c = self.counts
@@ -131,7 +132,8 @@ class RichProgress:
         self._progress.update(self._task, advance=rows, **self._fields())
 
     def finish(self) -> None:
-        self._progress.stop()
+        if self._task is not None:
+            self._progress.stop()
 
     def _fields(self) -> dict[str, str]:
         c = self.counts
