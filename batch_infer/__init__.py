@@ -18,6 +18,10 @@ _EXPORTS = {
     "load_config": "config",
     "BatchInferError": "errors",
     "ConfigError": "errors",
+    "CredentialsError": "errors",
+    "StorageUnavailable": "errors",
+    "LockedError": "errors",
+    "Interrupted": "errors",
     "InputError": "errors",
     "ModelError": "errors",
     "OutputConflictError": "errors",
@@ -30,11 +34,15 @@ _EXPORTS = {
 __all__ = [
     "BatchInferError",
     "ConfigError",
+    "CredentialsError",
     "InputError",
+    "Interrupted",
+    "LockedError",
     "ModelError",
     "OutputConflictError",
     "RunConfig",
     "RunReport",
+    "StorageUnavailable",
     "ValidationReport",
     "load_config",
     "run",
@@ -43,7 +51,17 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .config import RunConfig, load_config
-    from .errors import BatchInferError, ConfigError, InputError, ModelError, OutputConflictError
+    from .errors import (
+        BatchInferError,
+        ConfigError,
+        CredentialsError,
+        InputError,
+        Interrupted,
+        LockedError,
+        ModelError,
+        OutputConflictError,
+        StorageUnavailable,
+    )
     from .report import RunReport, ValidationReport
     from .runner import run, validate
 

@@ -314,11 +314,17 @@ class _errors:
             )
         if isinstance(exc, BatchInferError):
             _fail(exc.what, exc.fix, exc.exit_code)
-        if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
+        from .storage import translate
+
+        known = translate(exc)  # object store failures: temporary (75) or credentials (2)
+        if known is not None:
+            _fail(known.what, known.fix, known.exit_code)
+        cause = exc.__cause__ or exc
+        if type(cause).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
             _fail(
-                f"object store error {type(exc).__name__}: {first_line(exc)}",
-                "check the endpoint (AWS_ENDPOINT_URL or storage_options), the credentials "
-                "(AWS_PROFILE, AWS_ACCESS_KEY_ID) and the network; nothing was committed",
+                f"object store error {type(cause).__name__}: {first_line(exc)}",
+                "check the endpoint (AWS_ENDPOINT_URL or storage_options) and the paths; "
+                "nothing was committed",
                 1,
             )
         _fail(

@@ -39,6 +39,10 @@ class ModelError(BatchInferError):
     exit_code = 4
 
 
+class CredentialsError(ConfigError):
+    """The object store refused or could not find the credentials: fix them, do not retry."""
+
+
 class OutputConflictError(BatchInferError):
     """The output location already holds a result this run must not replace."""
 
@@ -49,6 +53,15 @@ class LockedError(BatchInferError):
     """Another run holds the output, or the store keeps refusing us: try again later."""
 
     exit_code = 75  # EX_TEMPFAIL: schedulers retry it
+
+
+class StorageUnavailable(BatchInferError):
+    """The object store kept throttling, timing out or dropping connections, also when retried.
+
+    Nothing was committed and what was staged is kept: rerunning later resumes the run.
+    """
+
+    exit_code = 75  # EX_TEMPFAIL, as for a held lock: schedulers retry it
 
 
 class Interrupted(BatchInferError):

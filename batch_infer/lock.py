@@ -82,6 +82,9 @@ def acquire(target: OutputTarget, run_id: str) -> OutputLock:
         holder = _read(target)
         if holder is None:
             continue  # released between our attempt and our read
+        if holder == record:  # our own PUT landed, its response was lost and the retry got 412
+            lock.start_heartbeat()
+            return lock
         if _is_stale(target, lock.path, holder):
             log.warning(
                 "removing the stale lock of run %s (pid %s on %s)",

@@ -178,6 +178,8 @@ def load_artifact(
     except FileNotFoundError:
         raise ModelError(f"{role} file {url} does not exist", f"check --{role}") from None
     except OSError as exc:
+        if (store_error := storage.translate(exc)) is not None:
+            raise store_error from None
         raise ModelError(
             f"cannot read {role} file {url}: {first_line(exc)}", f"check --{role}"
         ) from None

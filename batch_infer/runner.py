@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -112,6 +113,29 @@ def run(
     Setting ``cancel`` (a signal handler does) stops the workers within a batch; what they
     finished stays staged, and the next run with the same inputs, model and config resumes it.
     """
+    with _store_errors():
+        return _run(config, progress, cancel)
+
+
+def validate(config: RunConfig) -> ValidationReport:
+    """Everything ``run`` checks before scoring, without writing anything."""
+    with _store_errors():
+        return _validate(config)
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Object store failures that escaped as raw botocore/s3fs errors become ours (75 or 2)."""
+    try:
+        yield
+    except Exception as exc:
+        translated = storage.translate(exc)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def _run(config: RunConfig, progress: Progress | None, cancel: threading.Event | None) -> RunReport:
     started = time.monotonic()
     progress = progress or NoProgress()
     cancel = cancel or threading.Event()
@@ -125,6 +149,8 @@ def run(
     sinks.check_target(target, config.output.mode, prepared.own_prefixes)  # fail before writing
     held = lock.acquire(target, _new_run_id())
     try:
+        # uploads left open by a run that died mid-file: ours to abort now that we hold the lock
+        storage.abort_multipart_uploads(target.fs, storage.join(target.root, sinks.STAGING))
         sinks.check_target(target, config.output.mode, prepared.own_prefixes)
         record, done = _resume(prepared)
         held.rename(record["run_id"])
@@ -158,8 +184,7 @@ def run(
     return report
 
 
-def validate(config: RunConfig) -> ValidationReport:
-    """Everything ``run`` checks before scoring, without writing anything."""
+def _validate(config: RunConfig) -> ValidationReport:
     prepared = _prepare(config)
     plan, target = prepared.plan, prepared.target
     committed = target.fs.exists(storage.join(target.root, sinks.SUCCESS))

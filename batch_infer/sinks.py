@@ -458,6 +458,7 @@ def discard_staging(target: OutputTarget, key: str | None = None) -> None:
     fs = target.fs
     folder = storage.join(target.root, STAGING, key) if key else target.staging
     try:
+        storage.abort_multipart_uploads(fs, folder)
         if fs.exists(folder):
             fs.rm(folder, recursive=True)
         parent = storage.join(target.root, STAGING)

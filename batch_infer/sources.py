@@ -171,6 +171,8 @@ def read_fragment(
         ):
             yield _conform(batch, schema, file, partition_schema)
     except (pa.ArrowException, OSError) as exc:
+        if (store_error := storage.translate(exc)) is not None:
+            raise store_error from None
         raise InputError(
             f"cannot read {fragment.describe()}: {first_line(exc)}",
             "the file is corrupt or changed while running; replace it or remove it from the input",
@@ -251,6 +253,8 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
     try:
         return pq.ParquetFile(path, filesystem=storage.arrow_filesystem(fs)).metadata
     except (pa.ArrowException, OSError) as exc:
+        if (store_error := storage.translate(exc)) is not None:
+            raise store_error from None
         raise InputError(
             f"{url} is not a readable Parquet file: {first_line(exc)}",
             "replace the file or remove it from the input (hidden and _-prefixed files are skipped)",

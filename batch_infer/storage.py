@@ -2,11 +2,18 @@
 
 S3 credentials, profiles, regions and ``AWS_ENDPOINT_URL`` come from the standard AWS
 environment through s3fs/botocore, so a job configured for the AWS CLI works unchanged;
-``storage_options`` (for example ``{"endpoint_url": ...}``) are passed to the filesystem as is.
+``storage_options`` (for example ``{"endpoint_url": ...}``) are passed to the filesystem as is,
+plus, for ``s3://`` URLs, explicit retry and timeout settings (see ``s3_options``) so that a
+throttling, stalled or unreachable store ends the run in bounded time. ``translate`` turns the
+object store's failures into errors of our tree: temporary ones (exit 75) and refused
+credentials (exit 2).
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import logging
 import os
 import posixpath
 from typing import Any
@@ -16,20 +23,405 @@ import pyarrow.fs as pafs
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import ConfigError, first_line
+from .errors import (
+    BatchInferError,
+    ConfigError,
+    CredentialsError,
+    StorageUnavailable,
+    first_line,
+)
+
+log = logging.getLogger(__name__)
+
+# -- S3 retries and timeouts ------------------------------------------------------------------
+#
+# Each S3 request is retried by botocore in its "standard" mode: throttling (503 SlowDown,
+# Throttling, ...), 500/502/503/504, connection failures and timeouts, with full-jitter
+# exponential backoff (rand(0, 1) x 1, 2, 4 s before the 2nd, 3rd, 4th attempt) and a
+# client-wide retry quota. Refused credentials (403) are never retried. With these defaults a
+# request that keeps being throttled gives up within 7 s of backoff, one that keeps stalling
+# after S3_MAX_ATTEMPTS x S3_READ_TIMEOUT + 7 s = 47 s at most; the run then fails with exit 75
+# (nothing committed, resumable). s3fs's own retry loop (``S3FileSystem.retries``, 5 by
+# default) wraps botocore's, and nests in itself on reads (5 x 5 x botocore's attempts for one
+# range read): we turn it off, leaving one explicit, bounded retry policy.
+S3_PROTOCOLS = ("s3", "s3a")
+S3_RETRY_MODE = "standard"  # botocore's default is "legacy": fewer kinds of errors retried
+S3_MAX_ATTEMPTS = 4  # per request, the first included (AWS's standard default is 3)
+S3_CONNECT_TIMEOUT = 5.0  # seconds to open a connection
+S3_READ_TIMEOUT = 10.0  # seconds without a byte from the store while waiting for a response
+S3FS_RETRIES = 1  # attempts of s3fs's own loop around botocore's: no second layer of retries
 
 
 def resolve(
     url: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """URL -> (filesystem, path as that filesystem names it)."""
+    options = dict(storage_options or {})
     try:
-        return url_to_fs(url, **(storage_options or {}))
+        if _protocol(url) in S3_PROTOCOLS and "::" not in url:
+            cls = _s3_filesystem_class()
+            options = {**cls._get_kwargs_from_urls(url), **s3_options(options)}
+            return cls(**options), cls._strip_protocol(url)
+        return url_to_fs(url, **options)
     except (ImportError, ValueError, TypeError) as exc:
         raise ConfigError(
             f"cannot open {url!r}: {type(exc).__name__}: {first_line(exc)}",
             "check the URL's scheme and its storage_options",
         ) from None
+
+
+def s3_options(storage_options: dict[str, Any]) -> dict[str, Any]:
+    """``storage_options`` for s3fs with our retry and timeout defaults filled in.
+
+    What the user set wins: ``config_kwargs`` in the storage options (botocore's ``Config``:
+    ``retries``, ``connect_timeout``, ``read_timeout``), then the AWS settings of the
+    environment (``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``, or ``max_attempts``/``retry_mode``
+    in the profile of ``~/.aws/config``), which botocore reads itself when we leave them out.
+    """
+    options = dict(storage_options)
+    config = dict(options.get("config_kwargs") or {})
+    retries = dict(config.get("retries") or {})
+    aws = _aws_retry_settings(options.get("profile"))
+    if not {"max_attempts", "total_max_attempts"} & retries.keys() and "max_attempts" not in aws:
+        retries["total_max_attempts"] = S3_MAX_ATTEMPTS
+    if "mode" not in retries and "retry_mode" not in aws:
+        retries["mode"] = S3_RETRY_MODE
+    if retries:
+        config["retries"] = retries
+    config.setdefault("connect_timeout", S3_CONNECT_TIMEOUT)
+    config.setdefault("read_timeout", S3_READ_TIMEOUT)
+    options["config_kwargs"] = config
+    return options
+
+
+def _protocol(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def _aws_retry_settings(profile: str | None) -> set[str]:
+    """Which of ``max_attempts`` and ``retry_mode`` the AWS environment sets explicitly."""
+    found = {
+        name
+        for name, variable in (
+            ("max_attempts", "AWS_MAX_ATTEMPTS"),
+            ("retry_mode", "AWS_RETRY_MODE"),
+        )
+        if os.environ.get(variable, "").strip()
+    }
+    if len(found) == 2:
+        return found
+    try:
+        import botocore.session
+
+        scoped = botocore.session.Session(profile=profile).get_scoped_config()
+    except Exception:  # no botocore, no such profile, unreadable file: s3fs will say so
+        return found
+    return found | {name for name in ("max_attempts", "retry_mode") if scoped.get(name)}
+
+
+@functools.cache
+def _s3_filesystem_class() -> type:
+    """s3fs's filesystem with our retry policy, and files that fail cleanly when written.
+
+    When a multipart upload fails (the store kept throttling, or went away), s3fs leaves the
+    file open and the upload unfinished; pyarrow's dataset writer then holds that file until
+    the interpreter exits, and closing it there aborts the process (``Fatal Python error:
+    PyGILState_Release``, exit 134 instead of ours). Our files abort their upload (if the store
+    lets us) and mark themselves closed as soon as a write fails, then raise as before.
+    """
+    import s3fs
+    from fsspec.asyn import sync_wrapper
+
+    class S3WriteFile(s3fs.S3File):
+        def flush(self, force: bool = False) -> None:
+            try:
+                super().flush(force)
+            except BaseException as exc:
+                self._give_up(exc)
+                raise
+
+        def close(self) -> None:
+            try:
+                super().close()
+            except BaseException as exc:
+                self._give_up(exc)
+                raise
+
+        def _give_up(self, exc: BaseException) -> None:
+            upload, self.mpu = self.mpu, None
+            self.closed = True  # nothing left for a finalizer to flush
+            self.buffer = None
+            if upload and isinstance(exc, Exception):
+                try:
+                    self.fs.abort_mpu(self.bucket, self.key, upload["UploadId"])
+                except Exception as abort_error:
+                    log.warning(
+                        "could not abort the multipart upload of %s (%s); the next run into "
+                        "this output removes it",
+                        self.path,
+                        first_line(abort_error),
+                    )
+
+    class S3FileSystem(s3fs.S3FileSystem):
+        retries = S3FS_RETRIES
+
+        def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+            file = super()._open(path, mode, **kwargs)
+            if "r" not in mode and type(file) is s3fs.S3File:
+                file.__class__ = S3WriteFile  # same object, same state: only the methods above
+            return file
+
+        async def _exists(self, path: str) -> bool:
+            """As s3fs's, except that a bucket the store would not tell us about (throttled,
+            unreachable) is an error, not "no such bucket": s3fs swallows every error of
+            its bucket probes, and its mkdir, which pyarrow calls before each write, would
+            then try to create the bucket, three retry sequences for one directory."""
+            bucket, key, _ = self.split_path(self._strip_protocol(path))
+            if bucket and not key and not self.dircache.get(bucket):
+                try:
+                    await self._call_s3("head_bucket", Bucket=bucket)
+                    return True
+                except FileNotFoundError:
+                    return False
+                except Exception as exc:
+                    if isinstance(translate(exc), StorageUnavailable):
+                        raise
+            return await super()._exists(path)
+
+        exists = sync_wrapper(_exists)
+
+    # One instance cache with s3fs's own, so s3fs.S3FileSystem.clear_instance_cache() (which
+    # users and tests call to drop stale listings and clients) clears ours too.
+    S3FileSystem._cache = s3fs.S3FileSystem._cache
+    return S3FileSystem
+
+
+def abort_multipart_uploads(fs: fsspec.AbstractFileSystem, prefix: str) -> int:
+    """Abort every unfinished multipart upload under ``prefix`` (``bucket/key prefix``) on S3.
+
+    A run killed (or refused by the store) in the middle of a large file leaves its upload
+    open: invisible to readers, but billed until aborted. Call it holding the output's lock,
+    on the staging prefix, where every upload belongs to a run that is gone. Returns how many
+    were aborted; 0 for stores without multipart uploads.
+    """
+    if is_local(fs) or not hasattr(fs, "call_s3"):
+        return 0
+    bucket, _, key_prefix = prefix.strip("/").partition("/")
+    aborted, markers = 0, {}
+    for _ in range(10_000):  # 1,000 uploads a page
+        page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key_prefix, **markers)
+        for upload in page.get("Uploads", []):
+            fs.call_s3(
+                "abort_multipart_upload",
+                Bucket=bucket,
+                Key=upload["Key"],
+                UploadId=upload["UploadId"],
+            )
+            aborted += 1
+        if not page.get("IsTruncated"):
+            break
+        markers = {
+            "KeyMarker": page.get("NextKeyMarker", ""),
+            "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+        }
+    return aborted
+
+
+# -- object store failures -> our errors ------------------------------------------------------
+
+_STORE_MODULES = ("botocore", "aiobotocore", "s3fs", "aiohttp")
+# refused credentials: retrying cannot help, the configuration must change
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "403",  # a HEAD request's 403 carries no body, hence no code
+    "401",
+}
+_CREDENTIAL_EXCEPTIONS = (
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "CredentialRetrievalError",
+    "UnauthorizedSSOTokenError",
+    "TokenRetrievalError",
+    "SSOTokenLoadError",
+    "ProfileNotFound",
+)
+# the store is overloaded or unwell: it may work later
+_TEMPORARY_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "OperationAborted",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+}
+_TEMPORARY_STATUS = {429, 500, 502, 503, 504}
+_THROTTLING = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "429",
+    "503",
+}
+_TIMEOUTS = {
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "ReadTimeoutError",
+    "ConnectTimeoutError",
+    "ServerTimeoutError",
+    "FSTimeoutError",
+}
+_TEMPORARY_EXCEPTIONS = (
+    "ConnectionError",  # botocore: EndpointConnectionError, ConnectTimeoutError, ...
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ProxyConnectionError",
+    "HTTPClientError",  # botocore: ReadTimeoutError, ConnectionClosedError, ...
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ResponseStreamingError",
+    "ClientConnectionError",  # aiohttp
+    "ClientPayloadError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+    "FSTimeoutError",  # fsspec's sync() timeout around s3fs
+)
+
+
+def translate(exc: BaseException) -> BatchInferError | None:
+    """Our error for an object store failure, or None when ``exc`` is not one we recognise.
+
+    Looks through the chain of causes, since s3fs re-raises botocore's errors as OSError
+    (``PermissionError``, ``OSError(EBUSY)``, ...) with the original as ``__cause__``:
+
+    - throttling, 5xx, timeouts and connection failures (what is left after the retries) ->
+      ``StorageUnavailable`` (exit 75: nothing committed, rerun later to resume);
+    - refused or missing credentials -> ``CredentialsError`` (exit 2, never retried).
+
+    Errors of our own tree are not translated again (None).
+    """
+    if isinstance(exc, BatchInferError):
+        return None
+    chain = _chain(exc)
+    from_store = [e for e in chain if type(e).__module__.split(".")[0] in _STORE_MODULES]
+    for error in from_store:
+        name = type(error).__name__
+        response = _response(error)
+        if response is not None:
+            code = response["code"] or str(response["status"] or "")
+            if code in _CREDENTIAL_CODES or response["status"] in (401, 403):
+                return _credentials(error, code, response)
+            if code in _TEMPORARY_CODES or response["status"] in _TEMPORARY_STATUS:
+                return _unavailable(error, code, response)
+            return None  # NoSuchKey, NoSuchBucket, PreconditionFailed...: the caller's business
+        if name in _CREDENTIAL_EXCEPTIONS:
+            return _credentials(error, name, None)
+        if any(c.__name__ in _TEMPORARY_EXCEPTIONS for c in type(error).__mro__):
+            return _unavailable(error, name, None)
+    if from_store:
+        return None
+    # s3fs's OSError for a 503 whose botocore cause was lost on the way
+    for error in chain:
+        if isinstance(error, OSError) and error.errno == errno.EBUSY:
+            if "reduce your request rate" in str(error).lower():
+                return _unavailable(error, "SlowDown", None)
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes (or contexts), each once, at most 16."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 16 and not any(current is c for c in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _response(exc: BaseException) -> dict[str, Any] | None:
+    """Code, status, operation, message and attempts of a botocore ClientError; else None."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    error = response.get("Error") or {}
+    meta = response.get("ResponseMetadata") or {}
+    retries = meta.get("RetryAttempts")
+    return {
+        "code": str(error.get("Code") or ""),
+        "status": int(meta["HTTPStatusCode"]) if meta.get("HTTPStatusCode") else None,
+        "operation": getattr(exc, "operation_name", None),
+        "message": str(error.get("Message") or ""),
+        "attempts": retries + 1 if isinstance(retries, int) else None,
+    }
+
+
+def _detail(exc: BaseException, code: str, response: dict[str, Any] | None) -> str:
+    """``(code on Operation, n attempts): message`` from what is known."""
+    facts = code
+    message = first_line(exc)
+    if response is not None:
+        if response["operation"]:
+            facts += f" on {response['operation']}"
+        if response["attempts"]:
+            facts += f", {response['attempts']} attempt{'s' * (response['attempts'] > 1)}"
+        message = response["message"] or message
+    return f"({facts}): {message}"
+
+
+def _unavailable(
+    exc: BaseException, code: str, response: dict[str, Any] | None
+) -> StorageUnavailable:
+    if code in _THROTTLING:
+        kind = "kept throttling requests"
+    elif code in _TIMEOUTS:
+        kind = "did not answer in time"
+    elif code in _TEMPORARY_CODES:
+        kind = "kept failing"
+    else:
+        kind = "could not be reached or dropped the connection"
+    return StorageUnavailable(
+        f"the object store {kind}, also when retried {_detail(exc, code, response)}",
+        "nothing was committed; rerun later and the run resumes where it stopped (retries "
+        "and timeouts: AWS_MAX_ATTEMPTS, or config_kwargs in storage_options; see the README)",
+    )
+
+
+def _credentials(
+    exc: BaseException, code: str, response: dict[str, Any] | None
+) -> CredentialsError:
+    return CredentialsError(
+        f"the object store refused the credentials {_detail(exc, code, response)}",
+        "check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or key "
+        "and secret in storage_options) and that they may read the input and the model and "
+        "write the output; not retried",
+    )
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -133,7 +133,10 @@ class FaultProxy:
         return self._add(Fault("drop_response", n, **when))
 
     def error(
-        self, n: int | None = None, status: int = 403, code: str = "InvalidAccessKeyId",
+        self,
+        n: int | None = None,
+        status: int = 403,
+        code: str = "InvalidAccessKeyId",
         message: str = "The AWS Access Key Id you provided does not exist in our records.",
         **when,
     ) -> Fault:
@@ -306,7 +309,8 @@ class _Handler(BaseHTTPRequestHandler):
         if body or method in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
         connection = http.client.HTTPConnection(
-            self.server.proxy.upstream_host, self.server.proxy.upstream_port,
+            self.server.proxy.upstream_host,
+            self.server.proxy.upstream_port,
             timeout=UPSTREAM_TIMEOUT,
         )
         try:
@@ -362,9 +366,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Drop the connection with a TCP reset: the client gets no response at all."""
         self.close_connection = True
         try:
-            self.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
         except OSError:
             pass
