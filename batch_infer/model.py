@@ -70,15 +70,23 @@ class LoadedModel:
         return self._frame(self.estimator.obj, np.asarray(scaled))
 
     def predict(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Labels (or values) and, for classifiers that have it, class probabilities."""
-        features = self.transform(matrix)
-        estimator = self.estimator.obj
-        if not self.has_probability:
-            return np.asarray(estimator.predict(features)), None
-        proba = np.asarray(estimator.predict_proba(features))
-        if self.labels_from_probability:
-            return np.asarray(estimator.classes_).take(np.argmax(proba, axis=1)), proba
-        return np.asarray(estimator.predict(features)), proba
+        """Labels (or values) and, for classifiers that have it, class probabilities.
+
+        Rows with infinite (or, for models that refuse them, NaN) features were set aside
+        before, so scikit-learn's own finiteness scan of every call is skipped
+        (``assume_finite``, a thread-local setting).
+        """
+        from sklearn import config_context
+
+        with config_context(assume_finite=True):
+            features = self.transform(matrix)
+            estimator = self.estimator.obj
+            if not self.has_probability:
+                return np.asarray(estimator.predict(features)), None
+            proba = np.asarray(estimator.predict_proba(features))
+            if self.labels_from_probability:
+                return np.asarray(estimator.classes_).take(np.argmax(proba, axis=1)), proba
+            return np.asarray(estimator.predict(features)), proba
 
 
 def load_model(config: ModelConfig) -> LoadedModel:

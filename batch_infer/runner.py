@@ -332,6 +332,9 @@ def _resume(prepared: _Prepared) -> tuple[dict[str, Any], dict[str, list[sinks.O
     if config.resume is False and record is not None:
         sinks.discard_staging(target)
         record = None
+    # A discarded run may have been mid-commit: its moved files are batch-infer's, and this run
+    # must know them to replace them, so its record inherits them before the folder goes.
+    inherited = sorted({p for key in others for p in sinks.files_of_pending_commit(target, key)})
     for key, other in others.items():
         changes = _what_changed((other or {}).get("fingerprint", {}), prepared.fingerprint)
         log.warning(
@@ -345,9 +348,13 @@ def _resume(prepared: _Prepared) -> tuple[dict[str, Any], dict[str, list[sinks.O
             "run_id": _new_run_id(),
             "predicted_at": prepared.spec.predicted_at.isoformat(),
             "fingerprint": prepared.fingerprint,
+            "inherited": inherited,
         }
         sinks.write_run_record(target, record)
         return record, {}
+    if inherited:
+        record["inherited"] = sorted(set(record.get("inherited", [])) | set(inherited))
+        sinks.write_run_record(target, record)
     names = {f.name for f in prepared.plan.fragments}
     done = {n: files for n, files in sinks.recorded_fragments(target).items() if n in names}
     sinks.discard_unrecorded(target, set(done))

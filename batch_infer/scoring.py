@@ -131,7 +131,8 @@ def score_batch(
     origin = origin or RowOrigin("", 0, 0)
     matrix = feature_matrix(batch, spec.features)
     reasons = _invalid_rows(batch, matrix, spec.features, model.allows_nan)
-    keep = np.array([r is None for r in reasons], dtype=bool)
+    keep = np.ones(batch.num_rows, dtype=bool)
+    keep[list(reasons)] = False
     label_chunks, proba_chunks, failed = _predict_rows(
         model, matrix if keep.all() else np.asfortranarray(matrix[keep])
     )
@@ -151,9 +152,12 @@ def score_batch(
 
 def _invalid_rows(
     batch: pa.RecordBatch, matrix: np.ndarray, features: list[str], allows_nan: bool
-) -> list[tuple[str | None, str, str] | None]:
-    """Per row: None if scorable, else (column, code, message) for its first bad feature."""
-    reasons: list[tuple[str | None, str, str] | None] = [None] * batch.num_rows
+) -> dict[int, tuple[str | None, str, str]]:
+    """Rows that cannot be scored: row -> (column, code, message) for its first bad feature."""
+    bad = np.isinf(matrix) if allows_nan else ~np.isfinite(matrix)
+    if not bad.any():  # the usual case: one vectorised check per batch
+        return {}
+    reasons: dict[int, tuple[str | None, str, str]] = {}
     for position, name in enumerate(features):
         values = matrix[:, position]
         infinite = np.isinf(values)
@@ -164,8 +168,7 @@ def _invalid_rows(
             checks += [(nulls, "NULL", "null value"), (nans, "NAN", "NaN value")]
         for mask, code, message in checks:
             for row in np.flatnonzero(mask):
-                if reasons[row] is None:
-                    reasons[row] = (name, code, f"{message} in feature {name!r}")
+                reasons.setdefault(int(row), (name, code, f"{message} in feature {name!r}"))
     return reasons
 
 
@@ -222,11 +225,11 @@ def _append_outputs(
 def _rejected(
     batch: pa.RecordBatch,
     keep: np.ndarray,
-    reasons: list[tuple[str | None, str, str] | None],
+    reasons: dict[int, tuple[str | None, str, str]],
     origin: RowOrigin,
 ) -> pa.RecordBatch:
     rows = np.flatnonzero(~keep)
-    why = [reasons[r] or (None, "", "") for r in rows]
+    why = [reasons[int(r)] for r in rows]
     count = len(rows)
     columns = [
         pa.repeat(pa.scalar(origin.file, pa.string()), count),

@@ -146,7 +146,22 @@ def _files_written_by_batch_infer(target: OutputTarget) -> set[str]:
             known.update(record.get("add", []) + record.get("remove", []))
         except (OSError, ValueError):
             continue
+    for run_record in fs.glob(storage.join(target.root, STAGING, "*", RUN_RECORD)):
+        try:
+            known.update(json.loads(fs.cat_file(run_record)).get("inherited", []))
+        except (OSError, ValueError):
+            continue
     return known
+
+
+def files_of_pending_commit(target: OutputTarget, key: str) -> list[str]:
+    """Files an interrupted commit in staging ``key`` added or was to remove."""
+    try:
+        path = storage.join(target.root, STAGING, key, COMMIT_INTENT)
+        record = json.loads(target.fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return []
+    return record.get("add", []) + record.get("remove", [])
 
 
 def visible_data_files(target: OutputTarget) -> list[str]:

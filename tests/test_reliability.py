@@ -311,3 +311,19 @@ def test_overlapping_runs(tmp_path, trained_models):
     first.communicate(timeout=120)
     assert first.returncode == 0
     assert read_output(out).num_rows == 60_000
+
+
+def test_crash_mid_commit_then_changed_input_leaves_no_stale_files(
+    tmp_path, trained_models, churn_input
+):
+    """The new run inherits the crashed commit's files and replaces them: no duplicate rows."""
+    out = tmp_path / "out"
+    command = _command(churn_input, out, trained_models["binary"])
+    assert _run(command, BATCH_INFER_FAILPOINT="mid-commit").returncode == -signal.SIGKILL
+    (churn_input / "day=2" / "b.parquet").rename(churn_input / "day=2" / "renamed.parquet")
+    rerun = _run(command)
+    assert rerun.returncode == 0, rerun.stderr
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert files == sorted(f["path"] for f in manifest["files"])  # glob readers see no stale file
+    assert read_output(out).num_rows == 5_000
