@@ -253,30 +253,6 @@ _CREDENTIAL_EXCEPTIONS = (
     "SSOTokenLoadError",
     "ProfileNotFound",
 )
-# the store is overloaded or unwell: it may work later
-_TEMPORARY_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "BandwidthLimitExceeded",
-    "ServiceUnavailable",
-    "InternalError",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "PriorRequestNotComplete",
-    "OperationAborted",
-    "429",
-    "500",
-    "502",
-    "503",
-    "504",
-}
-_TEMPORARY_STATUS = {429, 500, 502, 503, 504}
 _THROTTLING = {
     "SlowDown",
     "Throttling",
@@ -290,6 +266,19 @@ _THROTTLING = {
     "429",
     "503",
 }
+# the store is overloaded or unwell: it may work later
+_TEMPORARY_CODES = _THROTTLING | {
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "OperationAborted",
+    "500",
+    "502",
+    "504",
+}
+_TEMPORARY_STATUS = {429, 500, 502, 503, 504}
 _TIMEOUTS = {
     "RequestTimeout",
     "RequestTimeoutException",
