@@ -223,10 +223,10 @@ def test_overwrite_partitions_replaces_only_the_partitions_written(
     )
 
 
-def _slow_input(tmp_path: Path) -> Path:
+def _slow_input(tmp_path: Path, rows: int = 60_000) -> Path:
     """Many small row groups, scored one small batch at a time: seconds of work to interrupt."""
     root = tmp_path / "slow"
-    write_parquet(churn_table(60_000, seed=9), root / "day=1" / "a.parquet", row_group_size=1_000)
+    write_parquet(churn_table(rows, seed=9), root / "day=1" / "a.parquet", row_group_size=1_000)
     return root
 
 
@@ -296,7 +296,7 @@ def test_lock_of_a_dead_process_does_not_block(tmp_path, trained_models, churn_i
 
 
 def test_overlapping_runs(tmp_path, trained_models):
-    source, out = _slow_input(tmp_path), tmp_path / "out"
+    source, out = _slow_input(tmp_path, rows=150_000), tmp_path / "out"  # ~8 s: outlives the 2nd
     command = _command(source, out, trained_models["binary"], "--batch-size", "50")
     first = subprocess.Popen(
         command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -310,7 +310,7 @@ def test_overlapping_runs(tmp_path, trained_models):
     assert "is locked by run" in second.stderr
     first.communicate(timeout=120)
     assert first.returncode == 0
-    assert read_output(out).num_rows == 60_000
+    assert read_output(out).num_rows == 150_000
 
 
 def test_crash_mid_commit_then_changed_input_leaves_no_stale_files(
