@@ -169,6 +169,7 @@ def _run(config: RunConfig, progress: Progress | None, cancel: threading.Event |
                 _manifest(prepared, record["run_id"], files),
                 config.output.mode,
                 prepared.own_prefixes,
+                previous=record.get("inherited_manifest"),
             )
     except (ConfigError, InputError, ModelError, OutputConflictError):
         sinks.discard_staging(target)  # the input, model or config must change: no resuming
@@ -302,8 +303,8 @@ def _score(
         raise RuntimeError(f"staged {rows} rows but the input holds {plan.total_rows}")
     if budget.count:
         log.warning("%d row(s) rejected, kept in %s", budget.count, target.rejects_url)
-    if not [f for f in files if not sinks.is_reject_file(f.path)]:
-        files = [sinks.stage_empty(target, prepared.output_schema, config.output.partition_by)]
+    if not [f for f in files if not sinks.is_reject_file(f.path)]:  # keep the rejects, if any
+        files.append(sinks.stage_empty(target, prepared.output_schema, config.output.partition_by))
     return files
 
 
@@ -329,12 +330,18 @@ def _resume(prepared: _Prepared) -> tuple[dict[str, Any], dict[str, list[sinks.O
         raise ConfigError(
             f"nothing to resume in {target.url}", "rerun without --resume to start a new run"
         )
+    # A discarded run may have been mid-commit: its moved files are batch-infer's, and the
+    # manifest it meant to write is the last word on what the output holds (the old one is
+    # already gone). This run's record inherits both before the folder goes.
+    discarded = list(others)
+    if config.resume is False and record is not None:
+        discarded.append(target.staging_key)
+    inherited = sorted({p for key in discarded for p in sinks.files_of_pending_commit(target, key)})
+    pending = [m for key in discarded if (m := sinks.pending_manifest(target, key)) is not None]
+    inherited_manifest = pending[-1] if pending else None
     if config.resume is False and record is not None:
         sinks.discard_staging(target)
         record = None
-    # A discarded run may have been mid-commit: its moved files are batch-infer's, and this run
-    # must know them to replace them, so its record inherits them before the folder goes.
-    inherited = sorted({p for key in others for p in sinks.files_of_pending_commit(target, key)})
     for key, other in others.items():
         changes = _what_changed((other or {}).get("fingerprint", {}), prepared.fingerprint)
         log.warning(
@@ -349,11 +356,13 @@ def _resume(prepared: _Prepared) -> tuple[dict[str, Any], dict[str, list[sinks.O
             "predicted_at": prepared.spec.predicted_at.isoformat(),
             "fingerprint": prepared.fingerprint,
             "inherited": inherited,
+            "inherited_manifest": inherited_manifest,
         }
         sinks.write_run_record(target, record)
         return record, {}
     if inherited:
         record["inherited"] = sorted(set(record.get("inherited", [])) | set(inherited))
+        record["inherited_manifest"] = inherited_manifest or record.get("inherited_manifest")
         sinks.write_run_record(target, record)
     names = {f.name for f in prepared.plan.fragments}
     done = {n: files for n, files in sinks.recorded_fragments(target).items() if n in names}

@@ -138,12 +138,13 @@ def _name_prefix(relative_path: str) -> str:
 def _files_written_by_batch_infer(target: OutputTarget) -> set[str]:
     """Files the committed manifest lists, and those of commits that were interrupted."""
     manifest = read_manifest(target) or {}
-    known = {f["path"] for f in manifest.get("files", [])} | set(manifest.get("superseded", []))
+    known = set(_listed(manifest)) | set(manifest.get("superseded", []))
     fs = target.fs
     for intent in fs.glob(storage.join(target.root, STAGING, "*", COMMIT_INTENT)):
         try:
             record = json.loads(fs.cat_file(intent))
             known.update(record.get("add", []) + record.get("remove", []))
+            known.update(_listed(record.get("manifest", {})))
         except (OSError, ValueError):
             continue
     for run_record in fs.glob(storage.join(target.root, STAGING, "*", RUN_RECORD)):
@@ -155,13 +156,27 @@ def _files_written_by_batch_infer(target: OutputTarget) -> set[str]:
 
 
 def files_of_pending_commit(target: OutputTarget, key: str) -> list[str]:
-    """Files an interrupted commit in staging ``key`` added or was to remove."""
+    """Files an interrupted commit in staging ``key`` added, was to remove, or meant to keep."""
     try:
         path = storage.join(target.root, STAGING, key, COMMIT_INTENT)
         record = json.loads(target.fs.cat_file(path))
     except (FileNotFoundError, ValueError):
         return []
-    return record.get("add", []) + record.get("remove", [])
+    return record.get("add", []) + record.get("remove", []) + _listed(record.get("manifest", {}))
+
+
+def pending_manifest(target: OutputTarget, key: str) -> dict[str, Any] | None:
+    """The committed manifest an interrupted commit in staging ``key`` was replacing: what the
+    output held before it (its own new files were never committed)."""
+    try:
+        path = storage.join(target.root, STAGING, key, COMMIT_INTENT)
+        return json.loads(target.fs.cat_file(path)).get("previous") or None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _listed(manifest: dict[str, Any]) -> list[str]:
+    return [f["path"] for f in manifest.get("files", []) + manifest.get("rejects", [])]
 
 
 def visible_data_files(target: OutputTarget) -> list[str]:
@@ -291,8 +306,12 @@ def commit(
     manifest: dict[str, Any],
     mode: str,
     own_prefixes: set[str],
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Publish staged files, then the manifest, then ``_SUCCESS`` (last); returns the manifest.
+
+    ``previous`` stands in for the committed manifest when a crashed commit already removed it
+    (the manifest that commit meant to write).
 
     First the whole plan (files to add and to remove, the manifest) is written to
     ``_staging/<key>/_commit.json``; ``finish_commit`` then carries it out. Every step of it can
@@ -300,7 +319,7 @@ def commit(
     """
     check_target(target, mode, own_prefixes)
     new = {f.path for f in files}
-    old_manifest = read_manifest(target) or {}
+    old_manifest = read_manifest(target) or previous or {}
     old_files = {
         f["path"]: f["rows"]
         for f in old_manifest.get("files", []) + old_manifest.get("rejects", [])
@@ -314,9 +333,11 @@ def commit(
         kept = {
             p: n
             for p, n in old_files.items()
-            if posixpath.dirname(p) not in touched and p not in new
+            if posixpath.dirname(p) not in touched
+            and p not in new
+            # rejects of row groups this run scored again are replaced, not kept
+            and not (is_reject_file(p) and _name_prefix(p) in own_prefixes)
         }
-        leftovers = {p for p in leftovers if posixpath.dirname(p) in touched}
     remove = sorted(p for p in (leftovers | set(old_files)) - new - set(kept))
     entries = sorted(
         [{"path": p, "rows": n} for p, n in kept.items()]
@@ -330,7 +351,9 @@ def commit(
         "rejects_location": target.rejects_url,
     }
     manifest["rows_committed"] = sum(entry["rows"] for entry in manifest["files"])
-    intent = {"add": sorted(new), "remove": remove, "manifest": manifest}
+    # the committed manifest this commit replaces: if it dies after removing it, the next run
+    # still knows what was committed before (see ``pending_manifest``)
+    intent = {"add": sorted(new), "remove": remove, "manifest": manifest, "previous": old_manifest}
     storage.write_bytes_atomically(
         target.fs, storage.join(target.staging, COMMIT_INTENT), json.dumps(intent).encode()
     )

@@ -156,3 +156,35 @@ def test_rejects_can_go_elsewhere(tmp_path, trained_models):
     )
     assert pq.read_table(elsewhere).num_rows == 3
     assert not (tmp_path / "out" / "_rejects").exists()
+
+
+def test_all_rows_rejected_still_commits_the_rejects(tmp_path, trained_models):
+    table = churn_table(5, seed=2)
+    table = table.set_column(1, "age", pa.array([None] * 5, pa.int32()))
+    source = write_parquet(table, tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    report = run(make_config(source, out, trained_models["binary"], output={"max_reject_rows": 10}))
+    assert (report.rows_out, report.rows_rejected) == (0, 5)
+    assert pq.read_table(out / "_rejects").num_rows == 5
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert sum(f["rows"] for f in manifest["rejects"]) == 5
+
+
+def test_overwrite_partitions_replaces_the_rejects_of_rescored_row_groups(tmp_path, trained_models):
+    source, _ = _with_bad_rows(tmp_path)
+    out = tmp_path / "out"
+    options = {"max_reject_rows": 10, "mode": "overwrite-partitions"}
+    run(make_config(source, out, trained_models["binary"], output=options))
+    fixed = pq.read_table(source)
+    fixed = fixed.set_column(
+        1,
+        "age",
+        pa.array([a if a is not None else 40 for a in fixed.column("age").to_pylist()], pa.int32()),
+    )
+    write_parquet(fixed, source, row_group_size=250)  # row 5 repaired
+    report = run(make_config(source, out, trained_models["binary"], output=options))
+    assert report.rows_rejected == 2
+    manifest = json.loads((out / "_manifest.json").read_text())
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
+    assert on_disk == sorted(f["path"] for f in manifest["files"] + manifest["rejects"])
+    assert read_output(out).num_rows + pq.read_table(out / "_rejects").num_rows == 1_000

@@ -327,3 +327,47 @@ def test_crash_mid_commit_then_changed_input_leaves_no_stale_files(
     manifest = json.loads((out / "_manifest.json").read_text())
     assert files == sorted(f["path"] for f in manifest["files"])  # glob readers see no stale file
     assert read_output(out).num_rows == 5_000
+
+
+def test_no_resume_after_a_crash_mid_commit_still_commits(tmp_path, trained_models, churn_input):
+    out = tmp_path / "out"
+    first = _command(churn_input, out, trained_models["binary"])
+    assert _run(first).returncode == 0
+    second = _command(churn_input, out, trained_models["regressor"], "--mode", "overwrite")
+    assert _run(second, BATCH_INFER_FAILPOINT="mid-commit").returncode == -signal.SIGKILL
+    rerun = _run([*second, "--no-resume"])
+    assert rerun.returncode == 0, rerun.stderr
+    manifest = json.loads((out / "_manifest.json").read_text())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
+    assert files == sorted(f["path"] for f in manifest["files"])
+    assert read_output(out).num_rows == 5_000
+
+
+def test_overwrite_partitions_after_a_crashed_commit_keeps_every_partition(
+    tmp_path, trained_models
+):
+    out = tmp_path / "out"
+    days = {}
+    for day in (1, 2, 3):
+        days[day] = tmp_path / f"in{day}"
+        write_parquet(
+            churn_table(300, seed=day), days[day] / f"day={day}" / "a.parquet", row_group_size=100
+        )
+
+    def command(day: int) -> list[str]:
+        return [
+            *_command(days[day], out, trained_models["binary"]),
+            "--mode",
+            "overwrite-partitions",
+        ]
+
+    assert _run(command(1)).returncode == 0
+    assert _run(command(2), BATCH_INFER_FAILPOINT="mid-commit").returncode == -signal.SIGKILL
+    third = _run(command(3))
+    assert third.returncode == 0, third.stderr
+    manifest = json.loads((out / "_manifest.json").read_text())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet"))
+    assert files == sorted(f["path"] for f in manifest["files"])
+    # day=1 was committed and stays; day=2's commit never completed, so none of it is published
+    assert {f["path"].split("/")[0] for f in manifest["files"]} == {"day=1", "day=3"}
+    assert read_output(out).num_rows == 600
