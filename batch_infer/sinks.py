@@ -1,7 +1,7 @@
 """Write, stage and commit output.
 
 Each fragment is written by ``pyarrow.dataset.write_dataset`` into a staging area inside the
-output root, ``_staging/<run id>/``, under names ending in ``.staged``: hive-aware readers skip
+output root, ``_staging/<key>/`` (a hash of inputs, model and config), under names ending in ``.staged``: hive-aware readers skip
 ``_``-prefixed folders and glob readers (``out/**/*.parquet``) do not match the suffix, so no
 reader picks up staged data. The commit moves the files to their final names, then writes
 ``_manifest.json`` and, last, ``_SUCCESS``. A reader that honours ``_SUCCESS`` never sees a
