@@ -111,6 +111,21 @@ MaxRejectRateOpt = Annotated[
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="Row groups scored side by side (default: cores).")
 ]
+OutputsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--outputs",
+        help="Model methods to call, comma-separated: predict, predict_proba, "
+        "decision_function, score_samples (default: predict, + predict_proba for classifiers).",
+    ),
+]
+ContractOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--contract",
+        help="Input contract file (JSON) (default: <model stem>.contract.json beside the model).",
+    ),
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress, no summary; errors only.")
 ]
@@ -143,6 +158,8 @@ def run(
     max_reject_rows: MaxRejectRowsOpt = None,
     max_reject_rate: MaxRejectRateOpt = None,
     workers: WorkersOpt = None,
+    outputs: OutputsOpt = None,
+    contract: ContractOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
@@ -163,6 +180,8 @@ def run(
         mode,
         run_date,
         model_version,
+        outputs,
+        contract,
     )
     overrides["workers"] = workers
     overrides["resume"] = resume
@@ -202,6 +221,8 @@ def validate(
     partition_by: PartitionOpt = None,
     mode: ModeOpt = None,
     run_date: RunDateOpt = None,
+    outputs: OutputsOpt = None,
+    contract: ContractOpt = None,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
 ) -> None:
@@ -211,7 +232,18 @@ def validate(
     """
     _setup_logging(False, verbose)
     overrides = _overrides(
-        input, output, model, scaler, features, partition_by, None, mode, run_date, None
+        input,
+        output,
+        model,
+        scaler,
+        features,
+        partition_by,
+        None,
+        mode,
+        run_date,
+        None,
+        outputs,
+        contract,
     )
     with _errors(verbose):
         from .runner import validate as validate_job
@@ -225,10 +257,12 @@ def inspect(
     path: Annotated[
         str, typer.Argument(help="A Parquet input (file, directory, glob, URL) or a model file.")
     ],
+    scaler: ScalerOpt = None,
+    contract: ContractOpt = None,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
 ) -> None:
-    """Show a Parquet input's schema, row groups and rows, or a model's type, classes and features.
+    """Show a Parquet input's schema and row groups, or a model's input contract and methods.
 
     Example: batch-infer inspect sample_data/models/pipeline.joblib
     """
@@ -236,11 +270,48 @@ def inspect(
     with _errors(verbose):
         from .inspection import describe
 
-        info = describe(path)
+        info = describe(path, scaler=scaler, contract=contract)
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(info.data, default=str))
     else:
         typer.echo(info.text)
+
+
+@app.command("contract")
+def contract_command(
+    model: Annotated[str, typer.Argument(help="The model file (joblib, pickle or skops).")],
+    sample: Annotated[
+        str | None,
+        typer.Option(
+            "--sample",
+            help="Training data (Parquet) whose pandas dtypes and categories refine the contract.",
+        ),
+    ] = None,
+    scaler: ScalerOpt = None,
+    features: FeaturesOpt = None,
+    write: Annotated[
+        str | None,
+        typer.Option(
+            "--write",
+            "-w",
+            help="Where to save it (default: print). Runs pick up <model stem>.contract.json.",
+        ),
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Derive a model's input contract (what each feature must be), optionally from a sample.
+
+    Save it beside the model when derivation cannot know (categories of a custom model, training
+    dtypes); runs use <model stem>.contract.json automatically, or --contract PATH.
+
+    Example: batch-infer contract models/churn.joblib --sample train.parquet -w models/churn.contract.json
+    """
+    _setup_logging(False, verbose)
+    with _errors(verbose):
+        from .model.load import contract_for
+
+        text = contract_for(model, scaler=scaler, features=features, sample=sample, write=write)
+    typer.echo(text if write is None else f"wrote {write}")
 
 
 def _overrides(
@@ -254,12 +325,20 @@ def _overrides(
     mode: str | None,
     run_date: str | None,
     model_version: str | None,
+    outputs: str | None = None,
+    contract: str | None = None,
 ) -> dict[str, Any]:
     """Flags as a partial config; unset flags are None and leave lower layers alone."""
     return {
         "input": {"path": input, "batch_size": batch_size},
-        "model": {"path": model, "scaler": scaler, "features": features, "version": model_version},
-        "output": {"path": output, "partition_by": partition_by, "mode": mode},
+        "model": {
+            "path": model,
+            "scaler": scaler,
+            "features": features,
+            "version": model_version,
+            "contract": contract,
+        },
+        "output": {"path": output, "partition_by": partition_by, "mode": mode, "methods": outputs},
         "run_date": run_date,
     }
 

@@ -65,6 +65,10 @@ class ModelConfig(_Section):
     features: list[str] | None = None
     version: str | None = Field(None, description="Defaults to the model file's sha256[:12].")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    contract: str | None = Field(
+        None,
+        description="Input contract file (JSON); default: <model stem>.contract.json if present.",
+    )
 
     _split_features = field_validator("features", mode="before")(_split_csv)
 
@@ -74,6 +78,8 @@ class OutputColumns(_Section):
 
     prediction: str = "prediction"
     probability: str = "probability"
+    decision: str = "decision"
+    score: str = "score"
     predicted_at: str = "predicted_at"
     model_version: str = "model_version"
 
@@ -95,6 +101,11 @@ class OutputConfig(_Section):
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
     row_group_size: int = Field(131_072, gt=0, le=2**31 - 1)
     max_rows_per_file: int = Field(1_048_576, gt=0, le=2**31 - 1)
+    methods: list[str] | None = Field(
+        None,
+        description="Model methods to call: predict, predict_proba, decision_function, "
+        "score_samples (default: predict, plus predict_proba for classifiers).",
+    )
     columns: OutputColumns = Field(default_factory=OutputColumns)
     storage_options: dict[str, Any] = Field(default_factory=dict)
     rejects: str | None = Field(
@@ -108,7 +119,7 @@ class OutputConfig(_Section):
         None, ge=0, le=1, description="Rejected share of input rows allowed (default 0)."
     )
 
-    _split_partition_by = field_validator("partition_by", mode="before")(_split_csv)
+    _split_partition_by = field_validator("partition_by", "methods", mode="before")(_split_csv)
 
 
 class RunConfig(_Section):
@@ -238,6 +249,8 @@ FLAGS = {
     "model.features": "--features",
     "model.version": "--model-version",
     "model.sha256": "--model-sha256",
+    "model.contract": "--contract",
+    "output.methods": "--outputs",
     "model.scaler_sha256": "--scaler-sha256",
     "output.path": "--output",
     "output.partition_by": "--partition-by",

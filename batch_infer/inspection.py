@@ -14,10 +14,10 @@ class Description:
     data: dict[str, Any]
 
 
-def describe(path: str) -> Description:
+def describe(path: str, scaler: str | None = None, contract: str | None = None) -> Description:
     """Describe a model file (by its suffix) or else a Parquet input."""
     if path.lower().endswith(MODEL_SUFFIXES):
-        return describe_model(path)
+        return describe_model(path, scaler=scaler, contract=contract)
     return describe_parquet(path)
 
 
@@ -65,43 +65,56 @@ def describe_parquet(path: str) -> Description:
     return Description("\n".join(lines), data)
 
 
-def describe_model(path: str) -> Description:
-    import numpy as np
+def describe_model(
+    path: str, scaler: str | None = None, contract: str | None = None
+) -> Description:
+    """The model's type, classes, input contract (what each feature must be) and output methods."""
     import sklearn
-    from sklearn.base import is_classifier, is_regressor
 
-    from .model import load_artifact
+    from .config import ModelConfig
+    from .errors import ConfigError
+    from .model import load_artifact, load_model
+    from .model.outputs import available_methods
 
-    artifact = load_artifact(path)
+    config = ModelConfig(path=path, scaler=scaler, contract=contract)
+    try:
+        model = load_model(config)
+    except ConfigError:  # fitted on an array: no names; show the columns by position
+        count = getattr(load_artifact(scaler or path).obj, "n_features_in_", 0)
+        names = [f"column {i}" for i in range(count)]
+        model = load_model(config.model_copy(update={"features": names}))
+    artifact = model.estimator
     obj = artifact.obj
-    names = getattr(obj, "feature_names_in_", None)
-    classes = getattr(obj, "classes_", None)
     steps = [f"{name}: {type(step).__name__}" for name, step in getattr(obj, "steps", [])]
-    kind = (
-        "classifier" if is_classifier(obj) else "regressor" if is_regressor(obj) else "transformer"
-    )
+    methods = available_methods(obj)
     data = {
         "kind": "model",
         "path": artifact.url,
         "type": f"{type(obj).__module__}.{type(obj).__name__}",
-        "estimator_kind": kind,
+        "model_kind": model.kind,
         "steps": steps,
-        "classes": None if classes is None else np.asarray(classes).tolist(),
-        "features": None if names is None else [str(n) for n in names],
-        "n_features": getattr(obj, "n_features_in_", None),
+        "classes": model.classes,
+        "features": model.features,
+        "contract": model.contract.to_dict(),
+        "methods": methods,
+        "default_outputs": model.outputs.methods,
+        "output_columns": [c.name for c in model.outputs.columns],
         "sha256": artifact.sha256,
         "saved_sklearn_version": artifact.saved_sklearn_version,
         "installed_sklearn_version": sklearn.__version__,
     }
+    width = max((len(f.name) for f in model.contract.features), default=0)
     lines = [
         f"Model {artifact.url}",
-        f"  type       {data['type']} ({kind})",
+        f"  type       {data['type']} ({model.kind})",
         *([f"  steps      {', '.join(steps)}"] if steps else []),
-        f"  classes    {data['classes']}"
-        if classes is not None
-        else "  classes    (none: regressor or transformer)",
-        f"  features   {data['features'] or '(not recorded)'} ({data['n_features']} in all)",
+        *([f"  scaler     {model.scaler.url}"] if model.scaler else []),
+        f"  classes    {model.classes}" if model.classes is not None else "  classes    (none)",
+        f"  methods    {', '.join(methods)} (default --outputs: {','.join(model.outputs.methods)})",
+        f"  columns    {', '.join(data['output_columns'])}",
         f"  sha256     {artifact.sha256}",
         f"  sklearn    saved with {artifact.saved_sklearn_version}, installed {sklearn.__version__}",
+        f"  input contract ({model.contract.origin}), {len(model.features)} feature(s):",
+        *(f"    {f.name:<{width}}  {f.describe()}" for f in model.contract.features),
     ]
     return Description("\n".join(lines), data)

@@ -35,14 +35,13 @@ from .errors import (
 )
 from .executor import available_cores, library_threads, run_parallel
 from .model import LoadedModel, load_model
+from .model.contract import type_problem
 from .progress import NoProgress, Progress
 from .report import RunReport, ValidationReport
 from .scoring import (
     REJECT_FIELDS,
     RowOrigin,
     ScoringSpec,
-    is_numeric,
-    label_type,
     output_fields,
     score_batch,
 )
@@ -97,12 +96,10 @@ class _Prepared:
         return {sinks.own_prefix(f.name) for f in self.plan.fragments} | {sinks.own_prefix("empty")}
 
     @property
-    def probability_columns(self) -> set[str]:
-        return {
-            name
-            for name in self.output_schema.names[len(self.plan.schema) :]
-            if name.startswith(self.config.output.columns.probability)
-        }
+    def float_columns(self) -> set[str]:
+        """Added columns of floats (probabilities, scores): nearly all distinct, no dictionary."""
+        added = self.output_schema.names[len(self.plan.schema) :]
+        return {n for n in added if pa.types.is_floating(self.output_schema.field(n).type)}
 
 
 def run(
@@ -254,7 +251,7 @@ def _score(
         target=target,
         output=config.output,
         dictionary_columns=sinks.dictionary_columns(
-            prepared.output_schema, prepared.probability_columns, config.output.partition_by
+            prepared.output_schema, prepared.float_columns, config.output.partition_by
         ),
     )
     fragments = plan.fragments
@@ -327,9 +324,9 @@ def _resume(prepared: _Prepared) -> tuple[dict[str, Any], dict[str, list[sinks.O
                 f"cannot resume run {(other or {}).get('run_id', key)}: {'; '.join(changes)}",
                 "rerun without --resume to start over with the new inputs, model or config",
             )
-        raise ConfigError(
-            f"nothing to resume in {target.url}", "rerun without --resume to start a new run"
-        )
+        # killed before anything was staged (or never started): nothing to match, so start;
+        # an Airflow retry configured with --resume must not fail forever
+        log.info("nothing staged to resume in %s: starting the run", target.url)
     # A discarded run may have been mid-commit: its moved files are batch-infer's, and the
     # manifest it meant to write is the last word on what the output holds (the old one is
     # already gone). This run's record inherits both before the folder goes.
@@ -479,10 +476,16 @@ def score_fragment(
             first_row += batch.num_rows
             try:
                 outcome = score_batch(batch, job.model, job.spec, origin)
-            except (ValueError, TypeError, ArithmeticError) as exc:
-                raise InputError(
-                    f"the model could not score {fragment.describe()}: {first_line(exc)}",
-                    "check that feature values are finite and of the kind the model was fitted on",
+            except (InputError, ModelError) as exc:  # name where it happened
+                raise type(exc)(f"{fragment.describe()}: {exc.what}", exc.fix) from None
+            except BatchInferError:
+                raise
+            except Exception as exc:  # not about some rows: the model fails as a whole
+                raise ModelError(
+                    f"the model failed on {fragment.describe()}: "
+                    f"{type(exc).__name__}: {first_line(exc)}",
+                    "check that the model loads and predicts in the environment batch-infer "
+                    "runs in (library versions), e.g. with batch-infer inspect MODEL",
                 ) from None
             if outcome.rejected is not None:
                 rejected.append(outcome.rejected)
@@ -515,21 +518,23 @@ def _prepare(config: RunConfig) -> _Prepared:
     # Unpickling imports scikit-learn (~0.5 s of Python); reading footers waits on storage.
     # Overlap them. A model problem is reported first, as if loaded first.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model") as pool:
-        model_future = pool.submit(load_model, config.model)
+        model_future = pool.submit(
+            load_model, config.model, config.output.columns, config.output.methods
+        )
         try:
             plan = sources.plan_input(config.input)
         except BatchInferError:
             model_future.result()
             raise
         model = model_future.result()
-    _check_features(plan, model.features)
+    check_input_types(plan, model)
     spec = ScoringSpec(
         features=model.features,
         columns=config.output.columns,
         predicted_at=_predicted_at(config.run_date),
         model_version=model.version,
     )
-    added = output_fields(model, spec, label_type(model))
+    added = output_fields(model, spec)
     output_schema = _output_schema(plan.schema, added, config.output.partition_by)
     fingerprint = _fingerprint(config, plan, model)
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
@@ -563,8 +568,10 @@ def _fingerprint(config: RunConfig, plan: sources.InputPlan, model: LoadedModel)
         "inputs": {f.url: [f.size, f.version] for f in plan.files},
         "model": model.sha256,
         "scaler": model.scaler.sha256 if model.scaler else None,
+        "contract": model.contract_sha256,
         "config": {
             "features": model.features,
+            "methods": model.outputs.methods,
             "model_version": model.version,
             "columns": output.columns.model_dump(),
             "partition_by": output.partition_by,
@@ -614,11 +621,12 @@ def _output_schema(
     return schema
 
 
-def _check_features(plan: sources.InputPlan, features: list[str]) -> None:
-    """Every feature column must exist and be numeric in every file."""
+def check_input_types(plan: sources.InputPlan, model: LoadedModel) -> None:
+    """Every feature column must exist in every file, with a type its contract accepts."""
     for file in plan.files:
         schema = file.schema
-        for name in features:
+        for spec in model.contract.features:
+            name = spec.name
             if name in plan.partition_schema.names and name not in schema.names:
                 field = plan.partition_schema.field(name)
             elif name in schema.names:
@@ -628,10 +636,12 @@ def _check_features(plan: sources.InputPlan, features: list[str]) -> None:
                     f"{file.url} has no column {name!r}, a feature the model needs",
                     "add the column to the input, or check --features and the model's features",
                 )
-            if not is_numeric(field.type):
+            problem = type_problem(spec, field.type)
+            if problem is not None:
                 raise InputError(
-                    f"column {name!r} in {file.url} is {field.type}, not numeric",
-                    "cast it to a number upstream, or leave it out of --features",
+                    f"column {name!r} in {file.url} is {field.type}, but the model {problem}",
+                    "cast it upstream, leave it out of --features, or correct the model's "
+                    "contract (batch-infer inspect MODEL shows it)",
                 )
 
 
@@ -657,6 +667,8 @@ def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -
             "kind": model.kind,
             "classes": model.classes,
             "features": model.features,
+            "methods": model.outputs.methods,
+            "contract": model.contract.to_dict(),
             "saved_sklearn_version": model.estimator.saved_sklearn_version,
             "scaler_path": model.scaler.url if model.scaler else None,
             "scaler_sha256": model.scaler.sha256 if model.scaler else None,

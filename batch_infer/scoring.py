@@ -1,22 +1,25 @@
-"""Record batch in, scored record batch out. Pure: no files, no global state.
+"""Record batch in, scored record batch out. Pure: no files, no global state; used by every engine.
 
-Features go from Arrow straight to a float64 numpy matrix (no pandas round trip); the new
-columns are built as Arrow arrays and appended to the batch, so input columns pass through
-untouched whatever their type.
+The model's input is built from the batch the way the model was fitted (``model.inputs``); the
+model's methods are called once per batch; their results become named Arrow columns appended to
+the batch (``model.outputs``), so input columns pass through untouched whatever their type.
+Rows the model cannot take are set aside with the reason, never dropped silently.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .config import OutputColumns
-from .errors import first_line
+from .errors import BatchInferError, first_line
 from .model import LoadedModel
+from .model.inputs import Reason, missing_in_row, model_input, unscorable_rows
+from .model.outputs import columns_from_results
 
 PREDICTED_AT_TYPE = pa.timestamp("us", tz="UTC")
 
@@ -31,58 +34,13 @@ class ScoringSpec:
     model_version: str
 
 
-def is_numeric(arrow_type: pa.DataType) -> bool:
-    """Types we convert to float64 features: ints, floats, decimals, bools, dictionaries of those."""
-    if pa.types.is_dictionary(arrow_type):
-        return is_numeric(arrow_type.value_type)
-    return (
-        pa.types.is_integer(arrow_type)
-        or pa.types.is_floating(arrow_type)
-        or pa.types.is_decimal(arrow_type)
-        or pa.types.is_boolean(arrow_type)
-        or pa.types.is_null(arrow_type)
-    )
-
-
-def feature_matrix(batch: pa.RecordBatch, features: list[str]) -> np.ndarray:
-    """The features as an (n_rows, n_features) float64 matrix; nulls become NaN."""
-    # Column-major, like the array pandas hands scikit-learn: BLAS rounds differently for C order,
-    # and scoring must equal calling the model on a DataFrame exactly.
-    matrix = np.empty((batch.num_rows, len(features)), dtype=np.float64, order="F")
-    for position, name in enumerate(features):
-        column = batch.column(name)
-        if pa.types.is_dictionary(column.type):
-            column = column.dictionary_decode()
-        if pa.types.is_decimal(column.type):
-            # Arrow's decimal->double cast is off by an ulp for ~15% of values; via text it is
-            # correctly rounded, like float(Decimal) in pandas.
-            column = pc.cast(column, pa.string())
-        column = pc.cast(column, pa.float64())
-        matrix[:, position] = column.to_numpy(zero_copy_only=False)
-    return matrix
-
-
-def output_fields(model: LoadedModel, spec: ScoringSpec, label_type: pa.DataType) -> list[pa.Field]:
-    """The columns a run adds, in order."""
-    names = spec.columns
-    fields = [pa.field(names.prediction, label_type)]
-    if model.has_probability:
-        if model.kind == "binary":
-            fields.append(pa.field(names.probability, pa.float64()))
-        else:
-            fields.extend(
-                pa.field(f"{names.probability}_{c}", pa.float64()) for c in model.classes or []
-            )
-    fields.append(pa.field(names.predicted_at, PREDICTED_AT_TYPE))
-    fields.append(pa.field(names.model_version, pa.string()))
-    return fields
-
-
-def label_type(model: LoadedModel) -> pa.DataType:
-    """The Arrow type of the prediction column: the classes' own type, float64 for regressors."""
-    if model.classes is None:
-        return pa.float64()
-    return pa.array(np.asarray(model.estimator.obj.classes_)).type
+def output_fields(model: LoadedModel, spec: ScoringSpec) -> list[pa.Field]:
+    """The columns a run adds, in order: the model's outputs, then when and by which model."""
+    return [
+        *model.outputs.fields(),
+        pa.field(spec.columns.predicted_at, PREDICTED_AT_TYPE),
+        pa.field(spec.columns.model_version, pa.string()),
+    ]
 
 
 @dataclass(frozen=True)
@@ -125,95 +83,132 @@ def score_batch(
 ) -> ScoredBatch:
     """Score the rows the model can take; set aside the others with the reason.
 
-    Rows with an infinite feature, or a null/NaN one when the model does not accept NaN, are
-    rejected before scoring; rows the model itself raises on are found by bisecting the batch.
+    Rows the contract says the model refuses (an infinite number, a missing value where it takes
+    none, a category it raises on) are set aside first; rows the model itself raises on are
+    found by bisecting the batch.
     """
     origin = origin or RowOrigin("", 0, 0)
-    matrix = feature_matrix(batch, spec.features)
-    reasons = _invalid_rows(batch, matrix, spec.features, model.allows_nan)
+    reasons = unscorable_rows(batch, model.contract)
     keep = np.ones(batch.num_rows, dtype=bool)
     keep[list(reasons)] = False
-    label_chunks, proba_chunks, failed = _predict_rows(
-        model, matrix if keep.all() else np.asfortranarray(matrix[keep])
-    )
-    kept_positions = np.flatnonzero(keep)
-    for position, message in failed.items():
-        row = int(kept_positions[position])
-        reasons[row] = (None, "MODEL_ERROR", message)
-        keep[row] = False
-    labels = np.concatenate(label_chunks) if label_chunks else np.empty(0)
-    proba = np.concatenate(proba_chunks) if proba_chunks else None
-    accepted = batch.filter(pa.array(keep)) if not keep.all() else batch
-    scored = _append_outputs(accepted, labels, proba, model, spec)
+    candidates = batch if keep.all() else batch.filter(pa.array(keep))
+    scored_rows, results, failed = _score_rows(model, candidates)
+    if failed:
+        kept_positions = np.flatnonzero(keep)
+        for position, message in failed.items():
+            row = int(kept_positions[position])
+            missing = missing_in_row(candidates, position, model.contract)
+            if missing is not None:
+                column, code, why = missing
+                reasons[row] = (column, code, f"{why}, refused by the model: {message}")
+            else:
+                reasons[row] = (None, "MODEL_ERROR", message)
+            keep[row] = False
+        candidates = batch.filter(pa.array(keep))
+    scored = _append_outputs(candidates, results, model, spec)
     if keep.all():
         return ScoredBatch(scored, None)
     return ScoredBatch(scored, _rejected(batch, keep, reasons, origin))
 
 
-def _invalid_rows(
-    batch: pa.RecordBatch, matrix: np.ndarray, features: list[str], allows_nan: bool
-) -> dict[int, tuple[str | None, str, str]]:
-    """Rows that cannot be scored: row -> (column, code, message) for its first bad feature."""
-    bad = np.isinf(matrix) if allows_nan else ~np.isfinite(matrix)
-    if not bad.any():  # the usual case: one vectorised check per batch
-        return {}
-    reasons: dict[int, tuple[str | None, str, str]] = {}
-    for position, name in enumerate(features):
-        values = matrix[:, position]
-        infinite = np.isinf(values)
-        nulls = batch.column(name).is_null().to_numpy(zero_copy_only=False)
-        nans = np.isnan(values) & ~nulls
-        checks = [(infinite, "INF", "infinite value")]
-        if not allows_nan:
-            checks += [(nulls, "NULL", "null value"), (nans, "NAN", "NaN value")]
-        for mask, code, message in checks:
-            for row in np.flatnonzero(mask):
-                reasons.setdefault(int(row), (name, code, f"{message} in feature {name!r}"))
-    return reasons
+def _score_rows(
+    model: LoadedModel, batch: pa.RecordBatch
+) -> tuple[np.ndarray, dict[str, Any] | None, dict[int, str]]:
+    """Call the model on every row; where it raises, find the rows it raises on.
 
-
-def _predict_rows(
-    model: LoadedModel, matrix: np.ndarray, offset: int = 0
-) -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str]]:
-    """Predict every row; where the model raises, bisect down to the rows it raises on.
-
-    Returns label and probability chunks, in order, for the rows that scored, and the failed
-    rows' positions (in ``matrix``) with the model's message.
+    Returns the positions that scored (in order), their results by method, and the failed
+    positions with the model's message. A failing batch is first split into rows with and
+    without missing features (the usual culprit), then bisected.
     """
-    if len(matrix) == 0:
-        return [], [], {}
+    everything = np.arange(batch.num_rows)
+    if batch.num_rows == 0:
+        return everything, None, {}
+    features = model_input(batch, model.contract)  # a conversion error is bad input: raised
     try:
-        labels, proba = model.predict(matrix)
-        return [labels], [] if proba is None else [proba], {}
-    except (ValueError, TypeError, ArithmeticError) as exc:
-        if len(matrix) == 1:
-            return [], [], {offset: first_line(exc)}
-    middle = len(matrix) // 2
-    left = _predict_rows(model, matrix[:middle], offset)
-    right = _predict_rows(model, matrix[middle:], offset + middle)
-    return left[0] + right[0], left[1] + right[1], {**left[2], **right[2]}
+        return everything, model.call(features), {}
+    except Exception as exc:
+        if not refuses_rows(exc):
+            raise
+        if batch.num_rows == 1:
+            return np.empty(0, dtype=np.int64), None, {0: first_line(exc)}
+    incomplete = _rows_with_missing(batch, model.features)
+    groups = [np.flatnonzero(~incomplete), np.flatnonzero(incomplete)]
+    if not (len(groups[0]) and len(groups[1])):
+        middle = batch.num_rows // 2
+        groups = [everything[:middle], everything[middle:]]
+    positions, chunks, failed = [], [], {}
+    for group in groups:
+        rows, results, errors = _score_rows(model, batch.take(pa.array(group)))
+        positions.append(group[rows])
+        if results is not None:
+            chunks.append(results)
+        failed.update({int(group[p]): m for p, m in errors.items()})
+    order = np.concatenate(positions)
+    if not chunks:
+        return order, None, failed
+    merged = _concatenate(chunks)
+    sort = np.argsort(order, kind="stable")
+    return order[sort], {m: _take(v, sort) for m, v in merged.items()}, failed
+
+
+def refuses_rows(exc: BaseException) -> bool:
+    """Whether a model's exception means "these values, not others" (then rows are bisected).
+
+    scikit-learn raises ValueError/TypeError on values it cannot take; XGBoost's error is a
+    ValueError; LightGBM and CatBoost raise their own. Anything else (a missing attribute, an
+    import, memory) is the model failing as a whole, and bisecting would only repeat it.
+    """
+    if isinstance(exc, BatchInferError | MemoryError | RecursionError):
+        return False
+    if isinstance(exc, ValueError | TypeError | ArithmeticError | KeyError | IndexError):
+        return True
+    return type(exc).__name__ in ("LightGBMError", "CatBoostError")
+
+
+def _rows_with_missing(batch: pa.RecordBatch, features: list[str]) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    missing = np.zeros(batch.num_rows, dtype=bool)
+    for name in features:
+        column = batch.column(name)
+        if column.null_count:
+            missing |= column.is_null().to_numpy(zero_copy_only=False)
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        if pa.types.is_floating(kind):
+            values = column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+            missing |= pc.fill_null(pc.is_nan(values), False).to_numpy(zero_copy_only=False)
+    return missing
+
+
+def _concatenate(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    merged = {}
+    for method in chunks[0]:
+        parts = [c[method] for c in chunks]
+        if isinstance(parts[0], list):  # a multi-output classifier's list of arrays
+            merged[method] = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        else:
+            merged[method] = np.concatenate([np.asarray(p) for p in parts])
+    return merged
+
+
+def _take(values: Any, order: np.ndarray) -> Any:
+    if isinstance(values, list):
+        return [np.asarray(v)[order] for v in values]
+    return np.asarray(values)[order]
 
 
 def _append_outputs(
     batch: pa.RecordBatch,
-    labels: np.ndarray,
-    proba: np.ndarray | None,
+    results: dict[str, Any] | None,
     model: LoadedModel,
     spec: ScoringSpec,
 ) -> pa.RecordBatch:
     rows = batch.num_rows
-    new_fields = output_fields(model, spec, label_type(model))
-    if rows == 0:
+    new_fields = output_fields(model, spec)
+    if rows == 0 or results is None:
         new_columns = [pa.array([], type=f.type) for f in new_fields]
     else:
-        new_columns = [pa.array(labels, type=new_fields[0].type)]
-        if proba is not None:
-            if model.kind == "binary":
-                new_columns.append(pa.array(proba[:, 1], type=pa.float64()))
-            else:
-                new_columns.extend(
-                    pa.array(proba[:, i], type=pa.float64()) for i in range(proba.shape[1])
-                )
+        new_columns = columns_from_results(results, model.outputs, rows)
         new_columns.append(pa.repeat(pa.scalar(spec.predicted_at, PREDICTED_AT_TYPE), rows))
         new_columns.append(pa.repeat(pa.scalar(spec.model_version, pa.string()), rows))
     return pa.RecordBatch.from_arrays(
@@ -225,7 +220,7 @@ def _append_outputs(
 def _rejected(
     batch: pa.RecordBatch,
     keep: np.ndarray,
-    reasons: dict[int, tuple[str | None, str, str]],
+    reasons: dict[int, Reason],
     origin: RowOrigin,
 ) -> pa.RecordBatch:
     rows = np.flatnonzero(~keep)

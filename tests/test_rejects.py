@@ -63,7 +63,8 @@ def test_allowed_rejects_go_to_the_quarantine_with_their_reasons(tmp_path, train
     assert sum(f["rows"] for f in manifest["rejects"]) == 3
 
 
-def test_a_model_that_takes_nan_gets_its_nans(tmp_path):
+def test_a_model_that_takes_nan_and_infinity_gets_them(tmp_path):
+    """HistGradientBoosting bins NaN and infinities itself: nothing is rejected, scores as pandas."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     frame = churn_table(500, seed=5).to_pandas()
@@ -72,13 +73,12 @@ def test_a_model_that_takes_nan_gets_its_nans(tmp_path):
     )
     joblib.dump(model, tmp_path / "hgb.joblib")
     source, _ = _with_bad_rows(tmp_path)
-    report = run(
-        make_config(
-            source, tmp_path / "out", tmp_path / "hgb.joblib", output={"max_reject_rows": 1}
-        )
-    )
-    assert (report.rows_out, report.rows_rejected) == (999, 1)  # only the infinite value
-    assert pq.read_table(tmp_path / "out" / "_rejects").column("reject_code").to_pylist() == ["INF"]
+    report = run(make_config(source, tmp_path / "out", tmp_path / "hgb.joblib"))
+    assert (report.rows_out, report.rows_rejected) == (1000, 0)
+    scored = read_output(tmp_path / "out").to_pandas().sort_values("customer_id")
+    frame = pq.read_table(source).to_pandas().sort_values("customer_id")
+    expected = model.predict_proba(frame[FEATURES].astype("float64"))[:, 1]
+    assert np.array_equal(scored["probability"].to_numpy(), expected)
 
 
 class Picky(ClassifierMixin, BaseEstimator):

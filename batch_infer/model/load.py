@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import pickle
 import warnings
@@ -16,13 +17,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import storage
-from .config import ModelConfig
-from .errors import ConfigError, ModelError, first_line
+from .. import storage
+from ..config import ModelConfig, OutputColumns
+from ..errors import ConfigError, ModelError, first_line
+from .contract import Contract, derive_contract, merge_saved
+from .outputs import OutputPlan, plan_outputs
 
 log = logging.getLogger(__name__)
 
-ModelKind = Literal["binary", "multiclass", "regressor"]
+ModelKind = Literal[
+    "binary", "multiclass", "regressor", "outlier_detector", "clusterer", "multi_output", "other"
+]
 
 
 @dataclass(frozen=True)
@@ -37,119 +42,193 @@ class Artifact:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A ready-to-use model: estimator, optional scaler, and the facts a run records about them."""
+    """A ready-to-use model: estimator, optional scaler, what it takes and what it gives."""
 
     estimator: Artifact
     scaler: Artifact | None
-    features: list[str]
+    contract: Contract
+    outputs: OutputPlan
     kind: ModelKind
     classes: list[Any] | None
-    has_probability: bool
     version: str
-    labels_from_probability: bool = False
-    allows_nan: bool = False
+    contract_sha256: str | None = None
 
     @property
     def sha256(self) -> str:
         return self.estimator.sha256
 
-    def _frame(self, step: Any, matrix: np.ndarray) -> Any:
+    @property
+    def features(self) -> list[str]:
+        return self.contract.names
+
+    @property
+    def finite_checked(self) -> bool:
+        """Every non-finite value was set aside before scoring, so the model need not scan."""
+        return self.contract.all_numeric and all(
+            f.nullable is False and not f.accepts_infinity for f in self.contract.features
+        )
+
+    def _frame(self, step: Any, matrix: Any) -> Any:
         """Give a step the column names it was fitted with, so scikit-learn checks them."""
         names = getattr(step, "feature_names_in_", None)
-        if names is None:
+        if names is None or not isinstance(matrix, np.ndarray):
             return matrix
         import pandas as pd
 
         return pd.DataFrame(matrix, columns=list(names), copy=False)
 
-    def transform(self, matrix: np.ndarray) -> Any:
+    def transform(self, features: Any) -> Any:
         """Apply the separate scaler, if any."""
         if self.scaler is None:
-            return self._frame(self.estimator.obj, matrix)
-        scaled = self.scaler.obj.transform(self._frame(self.scaler.obj, matrix))
+            return self._frame(self.estimator.obj, features)
+        scaled = self.scaler.obj.transform(self._frame(self.scaler.obj, features))
         return self._frame(self.estimator.obj, np.asarray(scaled))
 
-    def predict(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Labels (or values) and, for classifiers that have it, class probabilities.
+    def call(self, features: Any) -> dict[str, Any]:
+        """Each planned method's result for these rows (a matrix or a DataFrame).
 
-        Rows with infinite (or, for models that refuse them, NaN) features were set aside
-        before, so scikit-learn's own finiteness scan of every call is skipped
-        (``assume_finite``, a thread-local setting).
+        Each method is called once; labels of forests and HistGradientBoosting come from
+        ``predict_proba``, exactly as their ``predict`` computes them. When every non-finite
+        value was set aside before, scikit-learn's finiteness scan is skipped (``assume_finite``).
         """
         from sklearn import config_context
 
-        with config_context(assume_finite=True):
-            features = self.transform(matrix)
+        with config_context(assume_finite=self.finite_checked):
+            inputs = self.transform(features)
             estimator = self.estimator.obj
-            if not self.has_probability:
-                return np.asarray(estimator.predict(features)), None
-            proba = np.asarray(estimator.predict_proba(features))
-            if self.labels_from_probability:
-                return np.asarray(estimator.classes_).take(np.argmax(proba, axis=1)), proba
-            return np.asarray(estimator.predict(features)), proba
+            results: dict[str, Any] = {}
+            for method in self.outputs.methods:
+                if method == "predict" and self.outputs.labels_from_probability:
+                    continue
+                results[method] = getattr(estimator, method)(inputs)
+            if self.outputs.labels_from_probability:
+                proba = np.asarray(results["predict_proba"])
+                results["predict"] = np.asarray(estimator.classes_).take(np.argmax(proba, axis=1))
+            return results
 
 
-def load_model(config: ModelConfig) -> LoadedModel:
-    """Load the estimator (and scaler), then work out its features, kind and version."""
+def load_model(
+    config: ModelConfig,
+    columns: OutputColumns | None = None,
+    methods: list[str] | None = None,
+) -> LoadedModel:
+    """Load the estimator (and scaler), then derive its input contract and output columns."""
     estimator = load_artifact(config.path, config, "model", config.sha256)
     scaler = (
         load_artifact(config.scaler, config, "scaler", config.scaler_sha256)
         if config.scaler
         else None
     )
-    if not hasattr(estimator.obj, "predict"):
-        raise ModelError(
-            f"{estimator.url} holds a {type(estimator.obj).__name__}, which has no predict()",
-            "point --model at a fitted estimator or Pipeline (a separate scaler goes in --scaler)",
-        )
     if scaler is not None and not hasattr(scaler.obj, "transform"):
         raise ModelError(
             f"{scaler.url} holds a {type(scaler.obj).__name__}, which has no transform()",
             "point --scaler at a fitted transformer such as a StandardScaler",
         )
+    outputs = plan_outputs(estimator.obj, methods, columns or OutputColumns(), estimator.url)
     kind, classes = _kind(estimator)
-    has_probability = kind != "regressor" and hasattr(estimator.obj, "predict_proba")
+    features = _features(config.features, estimator, scaler)
+    contract = derive_contract(estimator.obj, scaler.obj if scaler else None, features)
+    contract, contract_sha256 = _saved_contract(config, contract)
     return LoadedModel(
         estimator=estimator,
         scaler=scaler,
-        features=_features(config.features, estimator, scaler),
+        contract=contract,
+        outputs=outputs,
         kind=kind,
         classes=classes,
-        has_probability=has_probability,
         version=config.version or estimator.sha256[:12],
-        labels_from_probability=has_probability and _predicts_argmax_of_proba(estimator.obj),
-        allows_nan=_allows_nan(([scaler.obj] if scaler else []) + [estimator.obj]),
+        contract_sha256=contract_sha256,
     )
 
 
-def _allows_nan(steps: list[Any]) -> bool:
-    """Whether every step accepts NaN (scikit-learn's ``allow_nan`` tag), pipelines unrolled."""
-    from sklearn.utils import get_tags
+def contract_for(
+    model_url: str,
+    scaler: str | None = None,
+    features: str | None = None,
+    sample: str | None = None,
+    write: str | None = None,
+) -> str:
+    """``batch-infer contract``: the derived contract as JSON, refined by a training sample."""
+    from .contract import contract_from_sample, write_contract
 
-    flat: list[Any] = []
-    for step in steps:
-        if hasattr(step, "steps"):
-            flat.extend(s for _, s in step.steps if s not in (None, "passthrough"))
-        else:
-            flat.append(step)
+    config = ModelConfig(path=model_url, scaler=scaler, features=features, contract=None)
+    estimator = load_artifact(config.path, config, "model", None)
+    scaler_artifact = load_artifact(scaler, config, "scaler", None) if scaler else None
+    names = _features(config.features, estimator, scaler_artifact)
+    contract = derive_contract(
+        estimator.obj, scaler_artifact.obj if scaler_artifact else None, names
+    )
+    if sample:
+        from ..config import InputConfig
+        from ..sources import plan_input
+
+        plan = plan_input(InputConfig(path=sample))
+        frame = _sample_frame(plan, names)
+        contract = contract_from_sample(contract, frame)
+    text = write_contract(contract)
+    if write:
+        fs, path = storage.resolve(write, {})
+        with fs.open(path, "w") as handle:
+            handle.write(text)
+    return text
+
+
+def _sample_frame(plan: Any, names: list[str]) -> Any:
+    """Up to 100,000 rows of the sample's feature columns, as pandas reads them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    missing = [n for n in names if n not in plan.schema.names]
+    if missing:
+        raise ModelError(
+            f"the sample {plan.root} has no column(s) {missing}, feature(s) of the model",
+            "pass a sample of the data the model was fitted on",
+        )
+    tables, rows = [], 0
+    for file in plan.files:
+        parquet = pq.ParquetFile(file.path, filesystem=storage.arrow_filesystem(plan.fs))
+        table = parquet.read(columns=[n for n in names if n in file.schema.names])
+        tables.append(table)
+        rows += table.num_rows
+        if rows >= 100_000:
+            break
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.slice(0, 100_000).to_pandas()
+
+
+def contract_path(model_url: str) -> str:
+    """Where a model's saved contract lives by default: ``model.joblib`` -> ``model.contract.json``."""
+    stem = model_url.rsplit(".", 1)[0] if "." in model_url.rsplit("/", 1)[-1] else model_url
+    return stem + ".contract.json"
+
+
+def _saved_contract(config: ModelConfig, derived: Contract) -> tuple[Contract, str | None]:
+    """Merge the contract file (``model.contract``, else the one beside the model, if any)."""
+    url = config.contract or contract_path(config.path)
+    fs, path = storage.resolve(url, config.storage_options)
     try:
-        return all(get_tags(step).input_tags.allow_nan for step in flat)
-    except (AttributeError, TypeError, ValueError):
-        return False  # not a scikit-learn estimator: NaN rows are set aside for it
-
-
-def _predicts_argmax_of_proba(estimator: Any) -> bool:
-    """Classifiers whose ``predict`` is literally ``classes_[argmax(predict_proba)]``.
-
-    For them, one ``predict_proba`` call gives both columns, exactly as ``predict`` would, and
-    the model's work is not done twice (a forest's predict runs every tree again).
-    """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.ensemble._forest import ForestClassifier
-
-    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    known = (ForestClassifier, HistGradientBoostingClassifier)
-    return type(final).predict in {cls.predict for cls in known}
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        if config.contract:
+            raise ModelError(f"contract file {url} does not exist", "check --contract") from None
+        return derived, None
+    except OSError as exc:
+        if (store_error := storage.translate(exc)) is not None:
+            raise store_error from None
+        raise ModelError(
+            f"cannot read contract file {url}: {first_line(exc)}", "check --contract"
+        ) from None
+    try:
+        saved = json.loads(data)
+    except ValueError as exc:
+        raise ModelError(
+            f"contract file {url} is not JSON: {first_line(exc)}", "fix or remove it"
+        ) from None
+    if not isinstance(saved, dict):
+        raise ModelError(
+            f"contract file {url} must hold a JSON object", "see README: Input contract"
+        )
+    return merge_saved(derived, saved, url), hashlib.sha256(data).hexdigest()
 
 
 # scikit-learn's own internal types that skops does not trust by default, yet only hold arrays
@@ -283,9 +362,11 @@ def _is_sklearn(obj: Any) -> bool:
 
 
 def _kind(estimator: Artifact) -> tuple[ModelKind, list[Any] | None]:
+    """What the model is, for reports: classifier (binary/multiclass), regressor, detector, ..."""
     from sklearn.base import is_classifier
 
     obj = estimator.obj
+    kind = _tags_type(obj)
     if is_classifier(obj) or hasattr(obj, "classes_"):
         classes = getattr(obj, "classes_", None)
         if classes is None:
@@ -293,9 +374,24 @@ def _kind(estimator: Artifact) -> tuple[ModelKind, list[Any] | None]:
                 f"{estimator.url} holds a classifier that is not fitted (no classes_)",
                 "fit the model before saving it",
             )
+        if isinstance(classes, list) and classes and isinstance(classes[0], np.ndarray):
+            return "multi_output", [np.asarray(c).tolist() for c in classes]
         classes = np.asarray(classes).tolist()
         return ("binary" if len(classes) == 2 else "multiclass"), classes
-    return "regressor", None
+    if kind in ("outlier_detector", "clusterer"):
+        return kind, None
+    if kind == "regressor":
+        return "regressor", None
+    return "other", None
+
+
+def _tags_type(obj: Any) -> str | None:
+    try:
+        from sklearn.utils import get_tags
+
+        return get_tags(obj).estimator_type
+    except Exception:
+        return getattr(obj, "_estimator_type", None)
 
 
 def _features(
