@@ -34,6 +34,7 @@ lint: $(STAMP)
 ## Re-pin dependencies after editing pyproject.toml (needs uv: pip install uv).
 lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	@# the xgboost extra is left out: dev has xgboost-cpu, the same module without CUDA
 
 ## Regenerate sample_data/ (deterministic).
 sample-data: $(STAMP)

@@ -187,7 +187,10 @@ def _conform(
     for target in schema:
         index = batch.schema.get_field_index(target.name)
         if index >= 0:
-            columns.append(batch.column(index))
+            column = batch.column(index)
+            if not column.type.equals(target.type):  # unified across writers (see _unify)
+                column = column.cast(target.type)
+            columns.append(column)
         elif target.name in partition_schema.names:
             value = file.partition.get(target.name)
             scalar = pa.scalar(value, pa.string()).cast(target.type) if value is not None else None
@@ -289,12 +292,21 @@ def _partition_schema(files: list[InputFile]) -> pa.Schema:
 
 
 def _unify(files: list[InputFile], partition_schema: pa.Schema) -> pa.Schema:
-    """One schema for all files: first file's column order, then columns only later files have."""
-    schema = files[0].schema.remove_metadata()
-    for f in files[1:]:
+    """One schema for all files: first file's column order, then columns only later files have.
+
+    Writers differ in how they store the same column: pandas writes a Categorical as a
+    dictionary column, polars and Spark as plain strings; one writer uses string, another
+    large_string. Such columns unify to the plain, widest type (values are what matter).
+    """
+    schemas = [f.schema.remove_metadata() for f in files]
+    mixed = _dictionary_mixed(schemas)
+    if mixed:
+        schemas = [_decoded(schema, mixed) for schema in schemas]
+    schema = schemas[0]
+    for f, file_schema in zip(files[1:], schemas[1:], strict=True):
         try:
-            schema = pa.unify_schemas([schema, f.schema.remove_metadata()])
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            schema = pa.unify_schemas([schema, file_schema], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise InputError(
                 f"{f.url} has a schema incompatible with {files[0].url}: {first_line(exc)}",
                 "make the column types agree across files, or score the files separately",
@@ -303,3 +315,26 @@ def _unify(files: list[InputFile], partition_schema: pa.Schema) -> pa.Schema:
         if key.name not in schema.names:
             schema = schema.append(key)
     return schema
+
+
+def _dictionary_mixed(schemas: list[pa.Schema]) -> set[str]:
+    """Columns that are dictionary-encoded in some files and not (or differently) in others."""
+    types: dict[str, set[str]] = {}
+    for schema in schemas:
+        for field in schema:
+            types.setdefault(field.name, set()).add(str(field.type))
+    return {
+        f.name
+        for schema in schemas
+        for f in schema
+        if pa.types.is_dictionary(f.type) and len(types[f.name]) > 1
+    }
+
+
+def _decoded(schema: pa.Schema, names: set[str]) -> pa.Schema:
+    fields = []
+    for field in schema:
+        if field.name in names and pa.types.is_dictionary(field.type):
+            field = field.with_type(field.type.value_type)
+        fields.append(field)
+    return pa.schema(fields)
