@@ -321,8 +321,8 @@ def _dictionary_mixed(schemas: list[pa.Schema]) -> set[str]:
     """Columns that are dictionary-encoded in some files and not (or differently) in others."""
     types: dict[str, set[str]] = {}
     for schema in schemas:
-        for field in schema:
-            types.setdefault(field.name, set()).add(str(field.type))
+        for column in schema:
+            types.setdefault(column.name, set()).add(str(column.type))
     return {
         f.name
         for schema in schemas
@@ -332,9 +332,11 @@ def _dictionary_mixed(schemas: list[pa.Schema]) -> set[str]:
 
 
 def _decoded(schema: pa.Schema, names: set[str]) -> pa.Schema:
-    fields = []
-    for field in schema:
-        if field.name in names and pa.types.is_dictionary(field.type):
-            field = field.with_type(field.type.value_type)
-        fields.append(field)
-    return pa.schema(fields)
+    return pa.schema(
+        [
+            f.with_type(f.type.value_type)
+            if f.name in names and pa.types.is_dictionary(f.type)
+            else f
+            for f in schema
+        ]
+    )

@@ -7,7 +7,7 @@
   and an int64 ``row_id`` as its first column, so scored output can be put back in order.
 * Writers split one frame, shuffled, over several Parquet files with pyarrow, pandas or polars.
   The categorical columns' dictionaries differ from file to file (training order, reversed, only
-  the values present, in order of appearance): a scorer that maps categories by dictionary code
+  the values present, sorted; pyarrow also from row group to row group): a scorer that maps categories by dictionary code
   instead of by value gets wrong answers on some files.
 * ``read_back`` reads a written folder into the training-dtype frame (checked equal to the frame
   that was written) and ``expected_outputs`` calls the model on it directly, as the notebook
@@ -259,14 +259,14 @@ def categorical_columns(frame: pd.DataFrame) -> list[str]:
 
 def recategorize(chunk: pd.DataFrame, variant: str) -> pd.DataFrame:
     """The same values under another category list: training order, reversed, or only the
-    values present in the chunk in order of first appearance (a subset, in another order)."""
+    values present in the chunk, sorted (what ``astype("category")`` of the text would give)."""
     chunk = chunk.copy()
     for column in categorical_columns(chunk):
         categories = list(chunk[column].cat.categories)
         if variant == "reversed":
             new = categories[::-1]
         elif variant == "present":
-            new = list(dict.fromkeys(chunk[column].dropna().astype(object)))
+            new = sorted(set(chunk[column].dropna().astype(object)))
         else:
             continue
         before = chunk[column].astype(object)
@@ -281,21 +281,20 @@ def split_rows(frame: pd.DataFrame, files: int, seed: int) -> list[pd.DataFrame]
     file written with only the categories present has a strict subset of them."""
     assert len(frame) % UNIT == 0 and len(frame) >= files * UNIT, len(frame)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(frame))
+    allowed = np.ones(len(frame), dtype=bool)  # rows the last chunk may take
     categoricals = categorical_columns(frame)
     if categoricals:
-        column = frame[categoricals[0]].iloc[order]
-        rare = (column == column.value_counts().idxmin()).to_numpy()
-        order = np.concatenate([order[rare], order[~rare]])
-    units = len(frame) // UNIT
-    sizes = [len(block) * UNIT for block in np.array_split(np.arange(units - 1), files - 1)]
-    sizes.append(UNIT)
+        column = frame[categoricals[0]]
+        allowed = (column != column.value_counts().idxmin()).to_numpy()
+    last = rng.choice(np.flatnonzero(allowed), UNIT, replace=False)
+    order = rng.permutation(np.setdiff1d(np.arange(len(frame)), last))
+    units = len(order) // UNIT
     chunks, start = [], 0
-    for size in sizes:
-        rows = order[start : start + size]
-        chunks.append(frame.iloc[rng.permutation(rows)].reset_index(drop=True))
-        start += size
-    return chunks
+    for block in np.array_split(np.arange(units), files - 1):
+        chunks.append(frame.iloc[order[start : start + len(block) * UNIT]])
+        start += len(block) * UNIT
+    chunks.append(frame.iloc[last])
+    return [chunk.reset_index(drop=True) for chunk in chunks]
 
 
 def write_pyarrow(chunk: pd.DataFrame, path: Path, index: int) -> None:
