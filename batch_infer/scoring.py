@@ -88,11 +88,19 @@ def score_batch(
     found by bisecting the batch.
     """
     origin = origin or RowOrigin("", 0, 0)
-    reasons = unscorable_rows(batch, model.contract)
+    features = model_input(batch, model.contract)  # a conversion error is bad input: raised
+    reasons = unscorable_rows(batch, model.contract, features)
     keep = np.ones(batch.num_rows, dtype=bool)
     keep[list(reasons)] = False
-    candidates = batch if keep.all() else batch.filter(pa.array(keep))
-    scored_rows, results, failed = _score_rows(model, candidates)
+    candidates = batch
+    if not keep.all():
+        candidates = batch.filter(pa.array(keep))
+        features = (
+            np.asfortranarray(features[keep])
+            if isinstance(features, np.ndarray)
+            else model_input(candidates, model.contract)
+        )
+    scored_rows, results, failed = _score_rows(model, candidates, features)
     if failed:
         kept_positions = np.flatnonzero(keep)
         for position, message in failed.items():
@@ -112,7 +120,7 @@ def score_batch(
 
 
 def _score_rows(
-    model: LoadedModel, batch: pa.RecordBatch
+    model: LoadedModel, batch: pa.RecordBatch, features: Any = None
 ) -> tuple[np.ndarray, dict[str, Any] | None, dict[int, str]]:
     """Call the model on every row; where it raises, find the rows it raises on.
 
@@ -123,7 +131,8 @@ def _score_rows(
     everything = np.arange(batch.num_rows)
     if batch.num_rows == 0:
         return everything, None, {}
-    features = model_input(batch, model.contract)  # a conversion error is bad input: raised
+    if features is None:
+        features = model_input(batch, model.contract)
     try:
         return everything, model.call(features), {}
     except Exception as exc:

@@ -124,7 +124,9 @@ def _converted(batch: pa.RecordBatch, name: str, what: str, convert: Any) -> Any
 # ---------------------------------------------------------------- rows set aside before scoring
 
 
-def unscorable_rows(batch: pa.RecordBatch, contract: Contract) -> dict[int, Reason]:
+def unscorable_rows(
+    batch: pa.RecordBatch, contract: Contract, features: Any = None
+) -> dict[int, Reason]:
     """Rows the model would refuse, found without calling it: row -> (column, code, message).
 
     Only what the contract knows for sure: infinite numbers where the model cannot take them,
@@ -132,10 +134,14 @@ def unscorable_rows(batch: pa.RecordBatch, contract: Contract) -> dict[int, Reas
     Everything else is the model's business (rows it raises on are found by bisection).
     """
     reasons: dict[int, Reason] = {}
-    for spec in contract.features:
+    matrix = features if isinstance(features, np.ndarray) else None
+    if matrix is not None and np.isfinite(matrix).all():  # the usual case: one vectorised check
+        return reasons
+    for position, spec in enumerate(contract.features):
         column = batch.column(spec.name)
         if spec.kind == "numeric":
-            _numeric_reasons(column, spec, reasons)
+            values = matrix[:, position] if matrix is not None else None
+            _numeric_reasons(column, spec, reasons, values)
         elif spec.nullable is False and column.null_count:
             _note(
                 reasons, column.is_null(), spec.name, "NULL", f"null value in feature {spec.name!r}"
@@ -145,10 +151,13 @@ def unscorable_rows(batch: pa.RecordBatch, contract: Contract) -> dict[int, Reas
     return reasons
 
 
-def _numeric_reasons(column: pa.Array, spec: FeatureSpec, reasons: dict[int, Reason]) -> None:
+def _numeric_reasons(
+    column: pa.Array, spec: FeatureSpec, reasons: dict[int, Reason], values: Any = None
+) -> None:
     if not (pa.types.is_floating(column.type) or column.null_count or _decoded_float(column)):
         return  # integers and decimals are always finite
-    values = numeric_column(column)
+    if values is None:
+        values = numeric_column(column)
     finite = np.isfinite(values)
     if finite.all():
         return
