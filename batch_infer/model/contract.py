@@ -318,13 +318,19 @@ def _hgb_encoder(step: Any) -> Any:
 
 
 def _lightgbm_categorical(step: Any, names: list[str]) -> list[str]:
-    """Names of the columns LightGBM took as pandas categories, in its order."""
-    params = step.booster_.params if hasattr(step.booster_, "params") else {}
-    model = step.booster_.dump_model(num_iteration=0)
-    indices = model.get("categorical_feature") or params.get("categorical_feature") or []
+    """Names of the columns LightGBM took as pandas categories, in its order.
+
+    At predict time LightGBM pairs the frame's category columns with ``pandas_categorical`` by
+    position, so exactly these columns must arrive as categories, in this order.
+    """
+    params = getattr(step.booster_, "params", None) or {}
+    indices = params.get("categorical_column") or params.get("categorical_feature") or []
+    if isinstance(indices, str):
+        indices = [int(i) for i in indices.split(",") if i.strip()]
     if indices and all(isinstance(i, int) for i in indices):
         return [names[i] for i in indices]
-    return [n for n in names if n in (indices or [])]
+    infos = step.booster_.dump_model(num_iteration=1).get("feature_infos", {})
+    return [n for n in names if infos.get(n, {}).get("values")]
 
 
 def _xgboost_categories(
@@ -518,23 +524,22 @@ def contract_from_sample(contract: Contract, frame: Any) -> Contract:
         column = frame[spec.name]
         dtype = str(column.dtype)
         if isinstance(column.dtype, pd.CategoricalDtype):
-            categories = (
-                spec.categories if spec.categories is not None else list(column.cat.categories)
-            )
-            kind: Kind = "categorical" if spec.kind in ("any", "categorical") else spec.kind
-            if spec.kind == "numeric":
-                kind = "categorical"
+            # fitted on a pandas Categorical: hand it one, with the categories the model knows
+            # (or, when it records none, those of the training sample, in their order)
+            categories = spec.categories
+            if categories is None:
+                categories = column.cat.categories.tolist()
             features.append(
                 replace(
                     spec,
-                    kind=kind,
+                    kind="categorical" if spec.kind != "text" else "text",
                     dtype="category",
                     categories=categories,
                     unknown=spec.unknown or "missing",
                 )
             )
-        elif spec.kind in ("numeric", "any") and pd.api.types.is_numeric_dtype(column.dtype):
-            features.append(replace(spec, dtype="float64" if spec.kind == "numeric" else dtype))
+        elif spec.kind == "numeric":
+            features.append(spec)  # numbers reach scikit-learn as float64 whatever they were
         else:
             features.append(replace(spec, dtype=spec.dtype or dtype))
     return Contract(features, origin="derived from the model and a training sample")
