@@ -468,7 +468,11 @@ def score_fragment(
             job.decode_threads,
         )
         first_row = fragment.file.first_row(fragment.row_group)
+        read = 0
         for batch in batches:
+            read += batch.num_rows
+            if read > fragment.num_rows:
+                raise _row_count_mismatch(fragment, read)
             if cancel is not None and cancel.is_set():
                 raise Cancelled(fragment.describe())
             sinks.check_partition_values(batch, job.output.partition_by, fragment.describe())
@@ -493,6 +497,8 @@ def score_fragment(
                     budget.add(outcome.rejected)
             yield outcome.scored
             failpoints.reached("mid-fragment")  # the writer holds this batch, its file is open
+        if read != fragment.num_rows:
+            raise _row_count_mismatch(fragment, read)
 
     files = sinks.stage_fragment(
         scored(),
@@ -509,6 +515,14 @@ def score_fragment(
         source=fragment.file.path,
         rows=sum(f.rows for f in files if not sinks.is_reject_file(f.path)),
         files=files,
+    )
+
+
+def _row_count_mismatch(fragment: sources.Fragment, read: int) -> InputError:
+    return InputError(
+        f"{fragment.describe()} holds {'more than ' if read > fragment.num_rows else ''}"
+        f"{read} rows but its footer says {fragment.num_rows}: the file is corrupt",
+        "rewrite the file (e.g. read and write it again with pyarrow), or remove it from the input",
     )
 
 

@@ -47,7 +47,8 @@ class InputFile:
 
     @property
     def num_rows(self) -> int:
-        return self.metadata.num_rows
+        """Rows the row groups hold: what a reader reads (some writers put 0 in the file total)."""
+        return sum(self.metadata.row_group(i).num_rows for i in range(self.num_row_groups))
 
     @property
     def num_row_groups(self) -> int:
