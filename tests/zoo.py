@@ -6,18 +6,18 @@
   text, ``category`` where the notebook made categoricals, float64 with NaN for missing numbers)
   and an int64 ``row_id`` as its first column, so scored output can be put back in order.
 * Writers split one frame, shuffled, over several Parquet files with pyarrow, pandas or polars.
-  The categorical columns' dictionaries differ from file to file (training order, reversed, only
-  the values present, sorted; pyarrow also from row group to row group): a scorer that maps categories by dictionary code
-  instead of by value gets wrong answers on some files.
+  The categorical columns' dictionaries differ from file to file (training order, reversed, or
+  only the values present, sorted; with pyarrow also from row group to row group): a scorer that
+  maps categories by dictionary code instead of by value gets wrong answers on some files.
 * ``read_back`` reads a written folder into the training-dtype frame (checked equal to the frame
   that was written) and ``expected_outputs`` calls the model on it directly, as the notebook
   would, naming the columns the way batch-infer names the columns it adds.
 
 Every data set, file and row group holds a multiple of ``UNIT`` (64) rows. BLAS kernels compute
-the ragged tail rows of a matrix (rows beyond the last multiple of their SIMD width) with other
-instructions, so a row can differ in the last bit between a whole-frame call and a batched one
-(see tests/test_golden.py::test_odd_batch_sizes_agree_to_the_last_bits). With every unit a
-multiple of 64 rows there is no ragged tail anywhere, and scores can be compared exactly.
+the ragged tail rows of a matrix (rows beyond the last multiple of their SIMD width), and single
+rows, with other instructions, so a row can differ in the last bit between a whole-frame call and
+a batched one (see tests/test_golden.py::test_odd_batch_sizes_agree_to_the_last_bits). With every
+unit a multiple of 64 rows no batch has a ragged tail, and scores can be compared exactly.
 """
 
 from __future__ import annotations
@@ -297,32 +297,40 @@ def split_rows(frame: pd.DataFrame, files: int, seed: int) -> list[pd.DataFrame]
     return [chunk.reset_index(drop=True) for chunk in chunks]
 
 
+def group_rows(chunk: pd.DataFrame, groups: int) -> int:
+    """Rows per row group for about ``groups`` row groups, in whole UNITs (heavy models such as
+    HistGradientBoosting cost ~0.1 s a call, however few the rows: not too many groups)."""
+    return UNIT * -(-len(chunk) // (UNIT * groups))
+
+
 def write_pyarrow(chunk: pd.DataFrame, path: Path, index: int) -> None:
-    """pyarrow: categoricals become dictionary columns; row groups of 64 rows, each written on
-    its own with the next category variant, so the dictionaries differ from row group to row
-    group within the file too."""
+    """pyarrow ``ParquetWriter``: categoricals become dictionary columns. About four row groups
+    per file, each written on its own with the next category variant, so the dictionaries differ
+    from row group to row group within a file too."""
+    size = group_rows(chunk, 4)
     writer = None
     try:
-        for group, start in enumerate(range(0, len(chunk), UNIT)):
-            rows = recategorize(chunk.iloc[start : start + UNIT], VARIANTS[(index + group) % 3])
+        for group, start in enumerate(range(0, len(chunk), size)):
+            rows = recategorize(chunk.iloc[start : start + size], VARIANTS[(index + group) % 3])
             table = pa.Table.from_pandas(rows, preserve_index=False)
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
-            writer.write_table(table, row_group_size=UNIT)
+            writer.write_table(table, row_group_size=size)
     finally:
         if writer is not None:
             writer.close()
 
 
 def write_pandas(chunk: pd.DataFrame, path: Path, index: int) -> None:
-    """pandas ``to_parquet`` (pyarrow engine); row groups of 128 rows."""
-    chunk.to_parquet(path, index=False, row_group_size=2 * UNIT)
+    """pandas ``to_parquet`` (pyarrow engine), two row groups per file."""
+    chunk.to_parquet(path, index=False, row_group_size=group_rows(chunk, 2))
 
 
 def write_polars(chunk: pd.DataFrame, path: Path, index: int) -> None:
-    """polars: ordered categoricals as ``Enum`` (with this file's category list), unordered as
-    ``Categorical`` (polars keeps only the values present). Every other file keeps float NaN as
-    NaN instead of null, so both spellings of "missing" reach the scorer."""
+    """polars, one row group per file: ordered categoricals as ``Enum`` (with this file's
+    category list), unordered as ``Categorical`` (polars keeps only the values present, in its
+    own order). Every other file keeps float NaN as NaN instead of null, so both spellings of
+    "missing" reach the scorer."""
     import polars as pl
 
     frame = pl.from_pandas(chunk, nan_to_null=index % 2 == 0)
@@ -333,7 +341,7 @@ def write_polars(chunk: pd.DataFrame, path: Path, index: int) -> None:
         casts.append(pl.col(column).cast(target))
     if casts:
         frame = frame.with_columns(casts)
-    frame.write_parquet(path, row_group_size=2 * UNIT)
+    frame.write_parquet(path, row_group_size=len(chunk))
 
 
 _WRITE = {"pyarrow": write_pyarrow, "pandas": write_pandas, "polars": write_polars}

@@ -123,36 +123,61 @@ def _steps(pipeline: Any) -> list[Any]:
 
 
 def _routes(step: Any, names: list[str], after: list[Any]) -> dict[str, list[list[Any]]]:
-    """For each input column, every chain of steps its values flow through, in order."""
+    """For each input column, every chain of steps its values flow through, in order.
+
+    Each step in a chain is located: it knows the column's position among the columns it was
+    given (an encoder's ``categories_[position]``).
+    """
     if _is(step, "Pipeline"):
         steps = _steps(step)
         if not steps:
             return {n: [list(after)] for n in names}
-        return _routes(steps[0], names, steps[1:] + after)
+        # the pipeline's later steps see the same columns as its first, until one re-shapes them
+        return _routes(steps[0], names, [_SameColumns(s) for s in steps[1:]] + after)
     if _is(step, "ColumnTransformer") and hasattr(step, "transformers_"):
         fitted = [str(n) for n in getattr(step, "feature_names_in_", names)]
         routes: dict[str, list[list[Any]]] = {}
+        outer = [a.step if isinstance(a, _SameColumns) else a for a in after]
         for _, transformer, columns in step.transformers_:
             if isinstance(transformer, str) and transformer == "drop":
                 continue
             selected = _column_names(columns, fitted)
-            for position, column in enumerate(selected):
-                if isinstance(transformer, str):  # "passthrough"
-                    chains = [list(after)]
-                else:
-                    chains = _routes(transformer, [column], after)[column]
-                    chains = [_at(chain, position, len(selected)) for chain in chains]
+            if isinstance(transformer, str):  # "passthrough"
+                for column in selected:
+                    routes.setdefault(column, []).append(list(outer))
+                continue
+            for column, chains in _routes(transformer, selected, outer).items():
                 routes.setdefault(column, []).extend(chains)
         return routes
     if _is(step, "FeatureUnion"):
         routes = {}
+        outer = [a.step if isinstance(a, _SameColumns) else a for a in after]
         for _, transformer in step.transformer_list:
             if isinstance(transformer, str):
                 continue
-            for name, chains in _routes(transformer, names, after).items():
+            for name, chains in _routes(transformer, names, outer).items():
                 routes.setdefault(name, []).extend(chains)
         return routes
-    return {n: [[_Located(step, names.index(n), len(names)), *after]] for n in names}
+    width = len(names)
+    return {
+        name: [
+            [
+                _Located(step, position, width),
+                *(
+                    _Located(a.step, position, width) if isinstance(a, _SameColumns) else a
+                    for a in after
+                ),
+            ]
+        ]
+        for position, name in enumerate(names)
+    }
+
+
+@dataclass(frozen=True)
+class _SameColumns:
+    """A later step of a pipeline: it sees the columns its first step saw, in that order."""
+
+    step: Any
 
 
 @dataclass(frozen=True)
@@ -162,13 +187,6 @@ class _Located:
     step: Any
     position: int
     width: int
-
-
-def _at(chain: list[Any], position: int, width: int) -> list[Any]:
-    """Re-locate a chain derived for a single column to its place among ``width`` columns."""
-    if chain and isinstance(chain[0], _Located):
-        return [_Located(chain[0].step, position, width), *chain[1:]]
-    return chain
 
 
 def _column_names(columns: Any, fitted: list[str]) -> list[str]:
@@ -222,6 +240,8 @@ def _spec_from_chain(name: str, chain: list[Any]) -> FeatureSpec:
         return FeatureSpec(name, "any", nullable=True, source="an imputer")
     step, position, width = _unwrap(chain[kind_index])
     spec = _spec_from_step(name, step, position, width)
+    if kind_index > 0:  # an imputer in front fills missing values before the step sees them
+        return replace(spec, nullable=True)
     steps = [_unwrap(s)[0] for s in chain]
     nullable = spec.nullable if spec.nullable is not None else _missing_handled(steps)
     return replace(spec, nullable=nullable)

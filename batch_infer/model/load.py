@@ -394,18 +394,29 @@ def _tags_type(obj: Any) -> str | None:
         return getattr(obj, "_estimator_type", None)
 
 
+def _fitted_names(obj: Any) -> list[str] | None:
+    """The column names a model was fitted with (CatBoost keeps them as ``feature_names_``)."""
+    names = getattr(obj, "feature_names_in_", None)
+    if names is None and type(obj).__module__.split(".")[0] == "catboost":
+        names = getattr(obj, "feature_names_", None)
+        if names and all(str(n).isdigit() for n in names):
+            names = None  # fitted on an array: CatBoost numbers the columns
+    return [str(n) for n in names] if names is not None else None
+
+
 def _features(
     configured: list[str] | None, estimator: Artifact, scaler: Artifact | None
 ) -> list[str]:
-    """The feature columns: configured, else the model's ``feature_names_in_``, else the scaler's."""
+    """The feature columns: configured, else the model's fitted names, else the scaler's."""
     first = scaler or estimator
     named = next(
-        (a for a in (estimator, scaler) if a is not None and hasattr(a.obj, "feature_names_in_")),
+        (a for a in (estimator, scaler) if a is not None and _fitted_names(a.obj) is not None),
         first,
     )
-    fitted_names = getattr(named.obj, "feature_names_in_", None)
-    fitted_names = [str(n) for n in fitted_names] if fitted_names is not None else None
+    fitted_names = _fitted_names(named.obj)
     expected = getattr(first.obj, "n_features_in_", None)
+    if not isinstance(expected, int | np.integer) or expected <= 0:
+        expected = None  # unknown (CatBoost reports 0 once unpickled)
     if configured:
         if fitted_names is not None and set(configured) != set(fitted_names):
             raise ModelError(
