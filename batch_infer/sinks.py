@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,9 +217,10 @@ def stage_fragment(
             pa.schema([schema.field(name) for name in config.partition_by]), flavor="hive"
         )
     row_group_size = min(config.row_group_size, config.max_rows_per_file)
+    failed: list[BaseException] = []
     try:
         ds.write_dataset(
-            batches,
+            _stop_without_raising(batches, failed),
             base_dir=staging,
             basename_template=f"part-{fragment_name}-{{i}}.parquet{STAGED_SUFFIX}",
             format="parquet",
@@ -237,6 +238,8 @@ def stage_fragment(
             existing_data_behavior="overwrite_or_ignore",
         )
     except OSError as exc:  # pyarrow's IO errors are OSErrors
+        if failed:
+            raise failed[0] from None
         if "too long" in str(exc).lower():
             raise InputError(
                 f"a value of --partition-by {config.partition_by} in {fragment_name} is too long "
@@ -244,7 +247,24 @@ def stage_fragment(
                 "partition by a column with short values (a date, a region code)",
             ) from None
         raise
+    if failed:  # the fragment's files are incomplete; the caller discards them
+        raise failed[0]
     return sorted(written, key=lambda f: f.path)
+
+
+def _stop_without_raising(
+    batches: Iterable[pa.RecordBatch], failed: list[BaseException]
+) -> Iterator[pa.RecordBatch]:
+    """End the stream quietly on an error, keeping the error for the caller to raise.
+
+    An exception raised into ``write_dataset`` from its source iterator unwinds Arrow's writer
+    threads without joining them; at interpreter exit that aborts the process ("terminate called
+    without an active exception", SIGABRT) instead of exiting with the run's code.
+    """
+    try:
+        yield from batches
+    except BaseException as exc:
+        failed.append(exc)
 
 
 def is_reject_file(relative: str) -> bool:
