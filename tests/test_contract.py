@@ -286,3 +286,55 @@ def test_resume_with_nothing_staged_starts_the_run(tmp_path, trained_models, chu
     report = run(make_config(churn_input, out, trained_models["binary"], resume=True))
     assert report.rows_out == 5_000
     assert (out / "_SUCCESS").exists()
+
+
+def _meta_models():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.ensemble import StackingClassifier, VotingClassifier
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV
+
+    def pipeline(final):
+        columns = ColumnTransformer(
+            [("num", StandardScaler(), ["age"]), ("cat", OneHotEncoder(), ["plan"])]
+        )
+        return make_pipeline(columns, final)
+
+    def logistic():
+        return pipeline(LogisticRegression())
+
+    return {
+        "grid_search": lambda: GridSearchCV(
+            logistic(), {"logisticregression__C": [0.1, 1.0]}, cv=3
+        ),
+        "calibrated": lambda: CalibratedClassifierCV(logistic(), cv=3),
+        "voting": lambda: VotingClassifier([("a", logistic()), ("b", logistic())], voting="soft"),
+        "stacking": lambda: StackingClassifier([("a", logistic())], cv=3),
+        "target_transform": lambda: TransformedTargetRegressor(
+            regressor=pipeline(Ridge()), func=np.log1p, inverse_func=np.expm1
+        ),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_meta_models()))
+def test_meta_estimators_are_read_through_to_the_pipeline_inside(tmp_path, kind):
+    """A grid search, calibration, voting, stacking or target transform around a mixed-type
+    pipeline: the contract comes from the pipeline inside, and scores equal the direct call."""
+    frame = _frame(384)
+    features = frame[["age", "plan"]]
+    target = frame["age"].abs() if kind == "target_transform" else frame["churned"]
+    model = _meta_models()[kind]().fit(features, target)
+    joblib.dump(model, tmp_path / "meta.joblib")
+    loaded = load_model(ModelConfig(path=str(tmp_path / "meta.joblib")))
+    assert [(f.name, f.kind) for f in loaded.contract.features] == [
+        ("age", "numeric"),
+        ("plan", "categorical"),
+    ]
+    source = _write(tmp_path, frame)
+    out = tmp_path / "out"
+    run(make_config(source, out, tmp_path / "meta.joblib"))
+    scored = read_output(out).to_pandas().sort_values("row_id")
+    assert scored["prediction"].tolist() == model.predict(features).tolist()
+    if hasattr(model, "predict_proba"):
+        assert np.array_equal(scored["probability"].to_numpy(), model.predict_proba(features)[:, 1])

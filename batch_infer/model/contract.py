@@ -149,13 +149,12 @@ def _routes(step: Any, names: list[str], after: list[Any]) -> dict[str, list[lis
             for column, chains in _routes(transformer, selected, outer).items():
                 routes.setdefault(column, []).extend(chains)
         return routes
-    if _is(step, "FeatureUnion"):
+    inner = _inner_estimators(step)
+    if inner:  # a union or a meta-estimator: every inner estimator sees all the columns
         routes = {}
         outer = [a.step if isinstance(a, _SameColumns) else a for a in after]
-        for _, transformer in step.transformer_list:
-            if isinstance(transformer, str):
-                continue
-            for name, chains in _routes(transformer, names, outer).items():
+        for estimator in inner:
+            for name, chains in _routes(estimator, names, outer).items():
                 routes.setdefault(name, []).extend(chains)
         return routes
     width = len(names)
@@ -171,6 +170,39 @@ def _routes(step: Any, names: list[str], after: list[Any]) -> dict[str, list[lis
         ]
         for position, name in enumerate(names)
     }
+
+
+def _inner_estimators(step: Any) -> list[Any]:
+    """The fitted estimators a union or meta-estimator hands its input to, unchanged.
+
+    A grid search, a calibrated classifier or a target transformer scores with the pipeline
+    inside it: that pipeline's encoders say what the columns must be.
+    """
+    if _is(step, "FeatureUnion"):
+        return [t for _, t in step.transformer_list if not isinstance(t, str)]
+    for attribute in ("best_estimator_", "regressor_"):
+        found = getattr(step, attribute, None)
+        if found is not None:
+            return [found]
+    calibrated = getattr(step, "calibrated_classifiers_", None)
+    if calibrated:
+        return [getattr(c, "estimator", None) for c in calibrated[:1] if c is not None]
+    if _is(step, *_META_WITH_ESTIMATORS):
+        return [e for e in (getattr(step, "estimators_", None) or [])[:1] if e is not None]
+    return []
+
+
+# meta-estimators whose fitted estimators_ each take the whole input (the first one speaks for all)
+_META_WITH_ESTIMATORS = (
+    "MultiOutputRegressor",
+    "MultiOutputClassifier",
+    "OneVsRestClassifier",
+    "OneVsOneClassifier",
+    "VotingClassifier",
+    "VotingRegressor",
+    "StackingClassifier",
+    "StackingRegressor",
+)
 
 
 @dataclass(frozen=True)
