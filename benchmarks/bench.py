@@ -4,14 +4,19 @@ For each case it measures, as whole processes on the same seeded data:
   IO bound     pyarrow streaming read -> write of the same columns plus three, zstd, no model
                (the faster of serial and one thread per core);
   model bound  CPU seconds of scaler + predict + predict_proba on the whole feature matrix in
-               memory, divided by the cores: the best wall time any scheduler could reach;
+               memory, divided by the cores: the best wall time any scheduler could reach
+               (the mixed-type Pipeline: predict + predict_proba on the DataFrame
+               pd.read_parquet gives, ColumnTransformer included);
   batch-infer  `batch-infer run`, startup included;
   naive        iter_batches -> to_pandas -> predict -> append -> concat -> to_parquet.
 and reports medians of wall time, rows/s, peak RSS, and the ratios
 batch-infer / max(IO bound, model bound) and batch-infer / naive.
 Nothing here asserts a time: the figures are printed and written to benchmarks/results/latest.md.
 
-    python benchmarks/bench.py [--runs 3] [--quick]
+    python benchmarks/bench.py [--runs 3] [--quick] [--only mixed,hgb]
+
+--only runs the named cases (keys: see --help) and skips the startup figures; its table goes to
+benchmarks/data/partial.md, so benchmarks/results/latest.md always holds a whole run.
 """
 
 from __future__ import annotations
@@ -37,12 +42,44 @@ CORES = len(os.sched_getaffinity(0))
 
 @dataclass(frozen=True)
 class Case:
+    key: str  # what --only selects
     name: str
     dataset: str  # folder under benchmarks/data
     rows: int
     files: int
-    model: str  # logreg (with a separate scaler), hgb, forest
+    model: str  # logreg (with a separate scaler), hgb, forest, mixed (a Pipeline)
     naive: bool = True
+
+    @property
+    def data_kind(self) -> str:  # workloads.make_data: churn rows, or churn rows + strings
+        return "mixed" if self.model == "mixed" else "churn"
+
+
+QUICK_CASES = [
+    Case("logreg", "LogisticRegression + scaler, 1 file", "1m-1", 1_000_000, 1, "logreg"),
+    Case("hgb", "HistGradientBoosting (200 iters), 1 file", "1m-1", 1_000_000, 1, "hgb"),
+    Case("forest", "RandomForest (100 trees, depth 12), 1 file", "1m-1", 1_000_000, 1, "forest"),
+    Case(
+        "mixed",
+        "Pipeline(scaler + one-hot of 3 string columns, LogisticRegression), 1 file",
+        "1m-1-mixed",
+        1_000_000,
+        1,
+        "mixed",
+    ),
+]
+FULL_CASES = [
+    Case("logreg-10m", "LogisticRegression + scaler, 1 file", "10m-1", 10_000_000, 1, "logreg"),
+    Case(
+        "logreg-10m-40",
+        "LogisticRegression + scaler, 40 files",
+        "10m-40",
+        10_000_000,
+        40,
+        "logreg",
+    ),
+    *QUICK_CASES,
+]
 
 
 @dataclass
@@ -99,11 +136,23 @@ def ensure_data(cases: list[Case]) -> None:
                 flush=True,
             )
             subprocess.run(
-                [*WORKLOADS, "make-data", str(case.rows), str(case.files), str(folder)], check=True
+                [
+                    *WORKLOADS,
+                    "make-data",
+                    str(case.rows),
+                    str(case.files),
+                    str(folder),
+                    case.data_kind,
+                ],
+                check=True,
             )
-    if not (DATA / "models" / "forest.joblib").exists():
+    kinds = {case.data_kind for case in cases}
+    if "churn" in kinds and not (DATA / "models" / "forest.joblib").exists():
         print("fitting models", flush=True)
-        subprocess.run([*WORKLOADS, "make-models", str(DATA / "models")], check=True)
+        subprocess.run([*WORKLOADS, "make-models", str(DATA / "models"), "churn"], check=True)
+    if "mixed" in kinds and not (DATA / "models" / "mixed.joblib").exists():
+        print("fitting the mixed-type Pipeline", flush=True)
+        subprocess.run([*WORKLOADS, "make-models", str(DATA / "models"), "mixed"], check=True)
 
 
 def model_args(model: str) -> list[str]:
@@ -196,11 +245,11 @@ def startup_figures(runs: int) -> dict:
     }
 
 
-def table(results: list[dict], startup: dict, runs: int) -> str:
+def table(results: list[dict], startup: dict | None, runs: int, command: str) -> str:
     lines = [
         f"Machine: {CORES} cores, {platform.machine()}, Python {platform.python_version()}; "
         f"medians of {runs} runs; whole-process wall times (startup included).",
-        "Command: `make bench` (python benchmarks/bench.py).",
+        f"Command: {command}.",
         "",
         "| case | rows | IO bound serial / parallel | model bound (CPU s / cores) | batch-infer | rows/s | peak RSS | naive pandas (RSS) | batch-infer / bound | naive / batch-infer |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -214,11 +263,13 @@ def table(results: list[dict], startup: dict, runs: int) -> str:
             f"| {r['rows'] / r['ours']:,.0f} | {r['ours_rss_mib']:.0f} MiB | {naive} "
             f"| **{r['vs_bound']:.2f}×** ({r['bound_kind']}) | {speedup} |"
         )
-    lines += [
-        "",
-        f"`batch-infer --help`: {startup['help']:.2f} s. Sample (20,000 rows, `configs/ci_smoke.yaml`) "
-        f"end to end: {startup['sample']:.2f} s, {startup['sample_rss_mib']:.0f} MiB.",
-    ]
+    if startup is not None:
+        lines += [
+            "",
+            f"`batch-infer --help`: {startup['help']:.2f} s. Sample (20,000 rows, "
+            f"`configs/ci_smoke.yaml`) end to end: {startup['sample']:.2f} s, "
+            f"{startup['sample_rss_mib']:.0f} MiB.",
+        ]
     return "\n".join(lines)
 
 
@@ -228,30 +279,44 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1M rows only, one run: a smoke test")
+    keys = [case.key for case in FULL_CASES]
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="KEYS",
+        help=f"only these cases, comma-separated or repeated: {', '.join(keys)}",
+    )
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
-    cases = [
-        Case("LogisticRegression + scaler, 1 file", "1m-1", 1_000_000, 1, "logreg"),
-        Case("HistGradientBoosting (200 iters), 1 file", "1m-1", 1_000_000, 1, "hgb"),
-        Case("RandomForest (100 trees, depth 12), 1 file", "1m-1", 1_000_000, 1, "forest"),
-    ]
-    if not args.quick:
-        cases = [
-            Case("LogisticRegression + scaler, 1 file", "10m-1", 10_000_000, 1, "logreg"),
-            Case("LogisticRegression + scaler, 40 files", "10m-40", 10_000_000, 40, "logreg"),
-            *cases,
-        ]
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    only = {k.strip() for value in args.only or [] for k in value.split(",") if k.strip()}
+    if args.only:
+        unknown = sorted(only - {case.key for case in cases})
+        if unknown:
+            parser.error(
+                f"--only: no case {', '.join(unknown)}"
+                f"{' with --quick' if args.quick else ''}; choose from "
+                f"{', '.join(case.key for case in cases)}"
+            )
+        cases = [case for case in cases if case.key in only]
     ensure_data(cases)
     SCRATCH.mkdir(parents=True, exist_ok=True)
     results = []
     for case in cases:
         print(f"measuring {case.name}, {case.rows:,} rows", flush=True)
         results.append(measure_case(case, runs))
-    startup = startup_figures(runs)
-    text = table(results, startup, runs)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "latest.md").write_text(text + "\n")
-    (HERE / "results" / "latest.json").write_text(
+    startup = None if args.only else startup_figures(runs)
+    flags = " ".join(sys.argv[1:])
+    command = (
+        f"`python benchmarks/bench.py {flags}`"
+        if flags
+        else "`make bench` (python benchmarks/bench.py)"
+    )
+    text = table(results, startup, runs, command)
+    target, stem = (DATA, "partial") if args.only else (HERE / "results", "latest")
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"{stem}.md").write_text(text + "\n")
+    (target / f"{stem}.json").write_text(
         json.dumps({"results": results, "startup": startup}, indent=2)
     )
     shutil.rmtree(SCRATCH, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Workloads the benchmark times, each run as its own process: data, IO bound, naive loop.
 
-python benchmarks/workloads.py make-data ROWS FILES OUT_DIR
-python benchmarks/workloads.py make-models MODELS_DIR
+python benchmarks/workloads.py make-data ROWS FILES OUT_DIR [churn|mixed]
+python benchmarks/workloads.py make-models MODELS_DIR [churn|mixed]
 python benchmarks/workloads.py io-bound INPUT OUT_DIR THREADS
 python benchmarks/workloads.py model-bound INPUT MODELS_DIR MODEL      (prints CPU seconds)
 python benchmarks/workloads.py naive INPUT MODELS_DIR MODEL OUT_FILE
@@ -23,6 +23,12 @@ import pyarrow.parquet as pq
 ROW_GROUP = 128 * 1024
 FEATURES = ["age", "tenure", "monthly_charges", "total_charges"]
 REGIONS = np.array(["north", "south", "east", "west", "central"])
+# the mixed-type case: churn rows plus three string categories, two plain and one dictionary
+CONTRACTS = np.array(["month-to-month", "one-year", "two-year"])
+PAYMENTS = np.array(["electronic check", "mailed check", "bank transfer", "credit card"])
+INTERNET = np.array(["dsl", "fiber optic", "none"])
+CATEGORIES = ["contract", "payment", "internet"]
+MIXED_FEATURES = FEATURES + CATEGORIES
 
 
 def churn_batch(rng: np.random.Generator, first_id: int, rows: int) -> pa.RecordBatch:
@@ -44,8 +50,27 @@ def churn_batch(rng: np.random.Generator, first_id: int, rows: int) -> pa.Record
     )
 
 
-def make_data(rows: int, files: int, out_dir: str) -> None:
+def mixed_batch(rng: np.random.Generator, first_id: int, rows: int) -> pa.RecordBatch:
+    """Churn rows plus ``contract`` and ``payment`` (plain strings in Parquet) and ``internet``
+    (a dictionary column, as pandas writes a Categorical)."""
+    batch = churn_batch(rng, first_id, rows)
+    contract = pa.array(CONTRACTS[rng.choice(3, rows, p=[0.55, 0.25, 0.20])])
+    payment = pa.array(PAYMENTS[rng.integers(0, len(PAYMENTS), rows)])
+    internet = pa.DictionaryArray.from_arrays(
+        pa.array(rng.choice(3, rows, p=[0.35, 0.45, 0.20]).astype("int32")), pa.array(INTERNET)
+    )
+    return pa.RecordBatch.from_arrays(
+        [*batch.columns, contract, payment, internet],
+        names=[*batch.schema.names, *CATEGORIES],
+    )
+
+
+BATCHES = {"churn": churn_batch, "mixed": mixed_batch}
+
+
+def make_data(rows: int, files: int, out_dir: str, kind: str = "churn") -> None:
     """Seeded: the same rows whether written to one file or spread over many."""
+    make_batch = BATCHES[kind]
     rng = np.random.default_rng(12345)
     os.makedirs(out_dir, exist_ok=True)
     per_file = -(-rows // files)
@@ -53,16 +78,18 @@ def make_data(rows: int, files: int, out_dir: str) -> None:
     for index in range(files):
         count = min(per_file, rows - written)
         path = os.path.join(out_dir, f"part-{index:03d}.parquet")
-        with pq.ParquetWriter(path, churn_batch(rng, 0, 1).schema) as writer:
+        with pq.ParquetWriter(path, make_batch(rng, 0, 1).schema) as writer:
             done = 0
             while done < count:
                 step = min(ROW_GROUP, count - done)
-                writer.write_batch(churn_batch(rng, written + done, step), row_group_size=ROW_GROUP)
+                writer.write_batch(make_batch(rng, written + done, step), row_group_size=ROW_GROUP)
                 done += step
         written += count
 
 
-def make_models(models_dir: str) -> None:
+def make_models(models_dir: str, kind: str = "churn") -> None:
+    if kind == "mixed":
+        return make_mixed_model(models_dir)
     import joblib
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -91,6 +118,45 @@ def make_models(models_dir: str) -> None:
         .set_params(n_jobs=None),
         f"{models_dir}/forest.joblib",
     )
+
+
+def make_mixed_model(models_dir: str) -> None:
+    """Pipeline(ColumnTransformer(scaler on numbers, one-hot on strings), LogisticRegression),
+    fitted on a DataFrame as pandas reads the data (str columns, the dictionary one a category)."""
+    import joblib
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(8)
+    frame = pa.Table.from_batches([mixed_batch(rng, 0, 200_000)]).to_pandas()
+    X = frame[MIXED_FEATURES]
+    logit = (
+        -0.03 * (X["age"] - 50)
+        - 0.06 * (X["tenure"] - 36)
+        + 0.025 * (X["monthly_charges"] - 70)
+        + X["contract"].map({"month-to-month": 1.0, "one-year": -0.3, "two-year": -1.2})
+        + (X["payment"] == "electronic check") * 0.5
+        + (X["internet"].astype(str) == "fiber optic") * 0.4
+    ).astype("float64")
+    y = (rng.uniform(size=len(X)) < 1 / (1 + np.exp(-logit))).astype("int64")
+    model = Pipeline(
+        [
+            (
+                "columns",
+                ColumnTransformer(
+                    [
+                        ("num", StandardScaler(), FEATURES),
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), CATEGORIES),
+                    ]
+                ),
+            ),
+            ("model", LogisticRegression()),
+        ]
+    )
+    os.makedirs(models_dir, exist_ok=True)
+    joblib.dump(model.fit(X, y), f"{models_dir}/mixed.joblib")
 
 
 def _files(input_path: str) -> list[str]:
@@ -148,14 +214,26 @@ def _load(models_dir: str, model: str):
     return None, joblib.load(f"{models_dir}/{model}.joblib")
 
 
+def _features(model: str) -> list[str]:
+    return MIXED_FEATURES if model == "mixed" else FEATURES
+
+
 def model_bound(input_path: str, models_dir: str, model: str) -> None:
-    """CPU seconds of scaler + predict + predict_proba on the whole feature matrix in memory."""
+    """CPU seconds of scaler + predict + predict_proba on the whole feature matrix in memory.
+
+    The mixed Pipeline gets the DataFrame pandas reads (``pd.read_parquet``, as a notebook
+    would: str columns, the dictionary column a category); its CPU seconds include the
+    ColumnTransformer, which predict and predict_proba each run.
+    """
     import pandas as pd
 
     scaler, estimator = _load(models_dir, model)
-    table = pa.concat_tables(pq.read_table(f, columns=FEATURES) for f in _files(input_path))
-    X = table.to_pandas()
-    del table
+    if model == "mixed":
+        X = pd.read_parquet(input_path, columns=MIXED_FEATURES)
+    else:
+        table = pa.concat_tables(pq.read_table(f, columns=FEATURES) for f in _files(input_path))
+        X = table.to_pandas()
+        del table
     cpu = time.process_time()
     wall = time.perf_counter()
     features = scaler.transform(X) if scaler is not None else X
@@ -171,11 +249,12 @@ def naive(input_path: str, models_dir: str, model: str, out_file: str) -> None:
     import pandas as pd
 
     scaler, estimator = _load(models_dir, model)
+    features = _features(model)
     frames = []
     for path in _files(input_path):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP):
             frame = batch.to_pandas()
-            X = frame[FEATURES]
+            X = frame[features]
             if scaler is not None:
                 X = scaler.transform(X)
             frame["prediction"] = estimator.predict(X)
@@ -188,9 +267,9 @@ def naive(input_path: str, models_dir: str, model: str, out_file: str) -> None:
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "make-data":
-        make_data(int(args[0]), int(args[1]), args[2])
+        make_data(int(args[0]), int(args[1]), *args[2:])
     elif command == "make-models":
-        make_models(args[0])
+        make_models(*args)
     elif command == "io-bound":
         io_bound(args[0], args[1], int(args[2]))
     elif command == "model-bound":

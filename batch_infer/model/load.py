@@ -96,6 +96,12 @@ class LoadedModel:
         with config_context(assume_finite=self.finite_checked):
             inputs = self.transform(features)
             estimator = self.estimator.obj
+            steps = getattr(estimator, "steps", None)
+            if steps and len(steps) > 1 and len(self.outputs.methods) > 1:
+                # what Pipeline.predict and .predict_proba each do, done once: the encoders'
+                # work is most of a mixed-type pipeline's cost
+                inputs = estimator[:-1].transform(inputs)
+                estimator = steps[-1][1]
             results: dict[str, Any] = {}
             for method in self.outputs.methods:
                 if method == "predict" and self.outputs.labels_from_probability:
@@ -103,7 +109,8 @@ class LoadedModel:
                 results[method] = getattr(estimator, method)(inputs)
             if self.outputs.labels_from_probability:
                 proba = np.asarray(results["predict_proba"])
-                results["predict"] = np.asarray(estimator.classes_).take(np.argmax(proba, axis=1))
+                classes = np.asarray(self.estimator.obj.classes_)
+                results["predict"] = classes.take(np.argmax(proba, axis=1))
             return results
 
 
