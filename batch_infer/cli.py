@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from enum import StrEnum
@@ -415,6 +416,37 @@ class _errors:
 
 def main() -> None:
     """The ``batch-infer`` entry point: usage errors are one line too, never a wrapped box."""
+    try:
+        _main()
+    except SystemExit as exc:
+        _exit_now(exc.code)
+    _exit_now(0)
+
+
+def _exit_now(code: object) -> NoReturn:
+    """End the process with ``code`` without finalizing the interpreter.
+
+    pyarrow's pool threads may still be releasing Python objects a finished ``ds.write_dataset``
+    held (its file visitor, an exception raised in the batches it read, an fsspec filesystem).
+    One that asks for the GIL once finalization has begun is killed by CPython inside a C++
+    destructor, and the process aborts ("terminate called without an active exception",
+    SIGABRT) instead of exiting with its code. Nothing of batch-infer's needs finalizing: its
+    files are closed and its lock released before ``run`` returns or raises.
+    """
+    if not isinstance(code, int):
+        if code is not None:
+            sys.stderr.write(f"{code}\n")
+        code = 0 if code is None else 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more to say
+            pass
+    os._exit(code)
+
+
+def _main() -> None:
     try:
         code = app(prog_name="batch-infer", standalone_mode=False)
     except typer.Abort:

@@ -257,13 +257,13 @@ def _stop_without_raising(
 ) -> Iterator[pa.RecordBatch]:
     """End the stream quietly on an error, keeping the error for the caller to raise.
 
-    An exception raised into ``write_dataset`` from its source iterator unwinds Arrow's writer
-    threads without joining them; at interpreter exit that aborts the process ("terminate called
-    without an active exception", SIGABRT) instead of exiting with the run's code.
+    An exception raised into ``write_dataset`` from its source iterator is kept by Arrow's pool
+    threads, which drop it (taking the GIL) after the call returned; during interpreter
+    shutdown that aborts the process (SIGABRT) instead of exiting with the run's code.
     """
     try:
         yield from batches
-    except BaseException as exc:
+    except Exception as exc:
         failed.append(exc)
 
 

@@ -162,8 +162,15 @@ def read_fragment(
     """
     file = fragment.file
     try:
+        # pre_buffer=False: this generator runs on one of Arrow's IO threads (ds.write_dataset
+        # reads its input there); pre-buffered reads are IO-pool tasks of their own, and with
+        # as many fragments in flight as IO threads (8) every thread waits for reads none is
+        # free to run: the run hangs.
         parquet = pq.ParquetFile(
-            file.path, filesystem=storage.arrow_filesystem(fs), metadata=file.metadata
+            file.path,
+            filesystem=storage.arrow_filesystem(fs),
+            metadata=file.metadata,
+            pre_buffer=False,
         )
         for batch in parquet.iter_batches(
             batch_size=batch_size or fragment.batch_rows(),
