@@ -59,7 +59,7 @@ def test_more_workers_than_arrow_io_threads_do_not_deadlock(tmp_path):
 
 def test_runs_failing_on_the_reject_limit_exit_3_every_time(tmp_path):
     """Arrow's pool threads dropping Python objects during interpreter shutdown aborted about
-    about one such run in 65 on larger inputs (SIGABRT, "terminate called without an active
+    one such run in 65 on larger inputs (SIGABRT, "terminate called without an active
     exception"); this only guards against the common case coming back."""
     source = _input(tmp_path / "in", bad=True)
     model = _model(tmp_path)
