@@ -100,7 +100,7 @@ def score_batch(
             if isinstance(features, np.ndarray)
             else model_input(candidates, model.contract)
         )
-    scored_rows, results, failed = _score_rows(model, candidates, features)
+    _, results, failed = _score_rows(model, candidates, features)
     if failed:
         kept_positions = np.flatnonzero(keep)
         for position, message in failed.items():

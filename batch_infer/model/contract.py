@@ -294,14 +294,16 @@ def _spec_from_step(name: str, step: Any, position: int, width: int) -> FeatureS
         unknown: Unknown = "error" if handle == "error" else "ignore"
         if _is(step, "TargetEncoder"):
             unknown = "ignore"  # unseen categories get the target mean
-        nullable = True if (known_nan or unknown != "error") else False
+        nullable: bool | None = known_nan or unknown != "error"
+        if known_nan and _is(step, "OrdinalEncoder"):
+            nullable = None  # NaN passes on (encoded_missing_value): the later steps decide
         return FeatureSpec(
             name,
             "categorical",
             dtype=_values_dtype(categories),
             categories=categories,
             unknown=unknown,
-            nullable=nullable if not _is(step, "OrdinalEncoder") or not known_nan else None,
+            nullable=nullable,
             source=label,
         )
     categories = _model_categories(step, name, position)

@@ -63,11 +63,10 @@ def _pandas_column(batch: pa.RecordBatch, spec: FeatureSpec) -> Any:
         return _converted(batch, spec.name, "numbers", numeric_column)
     if spec.dtype == "category" and spec.categories is not None:
         codes = _converted(batch, spec.name, "categories", lambda c: category_codes(c, spec))
-        return pd.Categorical.from_codes(codes, categories=_category_index(spec.categories))
+        return pd.Categorical.from_codes(codes, categories=pd.Index(spec.categories))
     if spec.kind in ("categorical", "text") and spec.dtype in ("str", "object", None):
+        # plain values, as pandas reads them (CatBoost's integer categories stay integers)
         decoded = column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
-        if spec.kind == "categorical" and spec.categories is None and not _is_stringy(decoded):
-            return decoded.to_pandas()  # CatBoost categories given as integers stay integers
         values = decoded.to_pandas()
         return values.astype(object) if spec.dtype == "object" else values
     values = column.to_pandas()  # "any", or a saved dtype: as pandas reads the Parquet column
@@ -77,12 +76,6 @@ def _pandas_column(batch: pa.RecordBatch, spec: FeatureSpec) -> Any:
         except (TypeError, ValueError):
             pass  # e.g. int64 with nulls: pandas would give float64 too
     return values
-
-
-def _category_index(categories: list[Any]) -> Any:
-    import pandas as pd
-
-    return pd.Index(categories)
 
 
 def category_codes(column: pa.Array, spec: FeatureSpec) -> np.ndarray:
@@ -140,8 +133,7 @@ def unscorable_rows(
     for position, spec in enumerate(contract.features):
         column = batch.column(spec.name)
         if spec.kind == "numeric":
-            values = matrix[:, position] if matrix is not None else None
-            _numeric_reasons(column, spec, reasons, values)
+            _numeric_reasons(column, spec, reasons, _converted_values(features, spec, position))
         elif spec.nullable is False and column.null_count:
             _note(
                 reasons, column.is_null(), spec.name, "NULL", f"null value in feature {spec.name!r}"
@@ -149,6 +141,16 @@ def unscorable_rows(
         if spec.kind == "categorical" and spec.unknown == "error" and spec.categories is not None:
             _unknown_reasons(column, spec, reasons)
     return reasons
+
+
+def _converted_values(features: Any, spec: FeatureSpec, position: int) -> np.ndarray | None:
+    """A numeric feature's float64 values as already converted for the model, if they were."""
+    if isinstance(features, np.ndarray):
+        return features[:, position]
+    column = getattr(features, "get", lambda name: None)(spec.name)
+    if column is not None and getattr(column, "dtype", None) == np.float64:
+        return column.to_numpy()
+    return None
 
 
 def _numeric_reasons(
