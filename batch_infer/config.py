@@ -65,6 +65,11 @@ class ModelConfig(_Section):
     features: list[str] | None = None
     version: str | None = Field(None, description="Defaults to the model file's sha256[:12].")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    runtime: Literal["auto", "sklearn", "compiled"] = Field(
+        "auto",
+        description="auto: the verified compiled runtime when `batch-infer compile` cached one "
+        "for this model, else scikit-learn; compiled: insist on it; sklearn: never.",
+    )
     contract: str | None = Field(
         None,
         description="Input contract file (JSON); default: <model stem>.contract.json if present.",
@@ -111,6 +116,13 @@ class OutputConfig(_Section):
     rejects: str | None = Field(
         None,
         description="Where rejected rows go (same storage as the output); default <output>/_rejects.",
+    )
+    commit_concurrency: int = Field(
+        32,
+        gt=0,
+        le=1024,
+        description="Files copied, moved or deleted at once by the commit (on S3 the "
+        "connection pool is raised to match unless max_pool_connections is set).",
     )
     max_reject_rows: int | None = Field(
         None, ge=0, description="Rejected rows allowed (default 0)."
@@ -250,6 +262,7 @@ FLAGS = {
     "model.version": "--model-version",
     "model.sha256": "--model-sha256",
     "model.contract": "--contract",
+    "model.runtime": "--runtime",
     "output.methods": "--outputs",
     "model.scaler_sha256": "--scaler-sha256",
     "output.path": "--output",

@@ -78,11 +78,11 @@ def describe_model(
 
     config = ModelConfig(path=path, scaler=scaler, contract=contract)
     try:
-        model = load_model(config)
+        model = load_model(config, runtime="sklearn")
     except ConfigError:  # fitted on an array: no names; show the columns by position
         count = getattr(load_artifact(scaler or path).obj, "n_features_in_", 0)
         names = [f"column {i}" for i in range(count)]
-        model = load_model(config.model_copy(update={"features": names}))
+        model = load_model(config.model_copy(update={"features": names}), runtime="sklearn")
     artifact = model.estimator
     obj = artifact.obj
     steps = [f"{name}: {type(step).__name__}" for name, step in getattr(obj, "steps", [])]

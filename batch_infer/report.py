@@ -24,6 +24,7 @@ class RunReport:
     run_date: str | None = None
     rows_rejected: int = 0
     status: str = "committed"
+    runtime: str = "sklearn"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,7 +43,8 @@ class RunReport:
                     if self.rows_rejected
                     else []
                 ),
-                f"  model     version {self.model_version} (sha256 {self.model_sha256[:16]}…)",
+                f"  model     version {self.model_version} (sha256 {self.model_sha256[:16]}…), "
+                f"{self.runtime} runtime",
                 f"  time      {self.seconds:.2f} s ({rate:,.0f} rows/s)",
                 f"  run id    {self.run_id}",
             ]
@@ -64,6 +66,7 @@ class ValidationReport:
     model_sha256: str
     added_columns: list[str] = field(default_factory=list)
     status: str = "valid"
+    runtime: str = "sklearn"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +76,8 @@ class ValidationReport:
             [
                 f"Valid: {self.rows:,} rows in {self.files} file(s), {self.fragments} row group(s) "
                 f"({self.bytes:,} bytes) would be scored",
-                f"  model     {self.model_kind}, features {', '.join(self.features)}",
+                f"  model     {self.model_kind}, features {', '.join(self.features)}, "
+                f"{self.runtime} runtime",
                 f"  adds      {', '.join(self.added_columns)}",
                 f"  output    {self.output} ({self.output_state})",
             ]

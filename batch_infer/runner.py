@@ -199,6 +199,7 @@ def _validate(config: RunConfig) -> ValidationReport:
         features=prepared.model.features,
         model_kind=prepared.model.kind,
         model_sha256=prepared.model.sha256,
+        runtime=prepared.model.runtime,
         added_columns=prepared.output_schema.names[len(plan.schema) :],
     )
 
@@ -412,6 +413,7 @@ def _report(prepared: _Prepared, manifest: dict[str, Any], started: float) -> Ru
         seconds=round(time.monotonic() - started, 3),
         model_sha256=model.sha256,
         model_version=model.version,
+        runtime=model.runtime,
         predicted_at=manifest.get("predicted_at", prepared.spec.predicted_at.isoformat()),
         run_date=prepared.config.run_date.isoformat() if prepared.config.run_date else None,
     )
@@ -553,7 +555,11 @@ def _prepare(config: RunConfig) -> _Prepared:
     fingerprint = _fingerprint(config, plan, model)
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     target = sinks.open_target(
-        output_url, config.output.storage_options, key, config.output.rejects
+        output_url,
+        config.output.storage_options,
+        key,
+        config.output.rejects,
+        commit_concurrency=config.output.commit_concurrency,
     )
     clash = [f.name for f in REJECT_FIELDS if f.name in plan.schema.names]
     if clash:
@@ -583,6 +589,7 @@ def _fingerprint(config: RunConfig, plan: sources.InputPlan, model: LoadedModel)
         "model": model.sha256,
         "scaler": model.scaler.sha256 if model.scaler else None,
         "contract": model.contract_sha256,
+        "runtime": model.runtime,
         "config": {
             "features": model.features,
             "methods": model.outputs.methods,
@@ -660,7 +667,7 @@ def check_input_types(plan: sources.InputPlan, model: LoadedModel) -> None:
 
 
 def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -> dict[str, Any]:
-    import sklearn
+    from importlib.metadata import version
 
     model = prepared.model
     plan = prepared.plan
@@ -687,7 +694,8 @@ def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -
             "scaler_path": model.scaler.url if model.scaler else None,
             "scaler_sha256": model.scaler.sha256 if model.scaler else None,
         },
-        "sklearn_version": sklearn.__version__,
+        "runtime": model.runtime,
+        "sklearn_version": version("scikit-learn"),  # without importing it (compiled runtimes)
         "rows_in": plan.total_rows,
         "rows_out": sum(f.rows for f in files if not sinks.is_reject_file(f.path)),
         "rows_rejected": sum(f.rows for f in files if sinks.is_reject_file(f.path)),

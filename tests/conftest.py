@@ -19,6 +19,14 @@ SAMPLE = REPO / "sample_data"
 FEATURES = ["age", "tenure", "monthly_charges", "total_charges"]
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Compiled runtimes go to a cache of the test session's own, never ~/.cache/batch-infer."""
+    folder = tmp_path_factory.getbasetemp() / "batch-infer-cache"
+    monkeypatch.setenv("BATCH_INFER_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def sample_copy(tmp_path: Path) -> Path:
     """A private copy of sample_data/ (tests must never write into the repo)."""

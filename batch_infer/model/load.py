@@ -52,6 +52,8 @@ class LoadedModel:
     classes: list[Any] | None
     version: str
     contract_sha256: str | None = None
+    runtime: str = "sklearn"  # or the compiled engine that scores ("numpy-linear", "treelite")
+    compiled: Any = field(default=None, repr=False)  # a compiled.CompiledModel
 
     @property
     def sha256(self) -> str:
@@ -91,6 +93,8 @@ class LoadedModel:
         ``predict_proba``, exactly as their ``predict`` computes them. When every non-finite
         value was set aside before, scikit-learn's finiteness scan is skipped (``assume_finite``).
         """
+        if self.compiled is not None:
+            return self.compiled.call(features, self.outputs.methods)
         from sklearn import config_context
 
         with config_context(assume_finite=self.finite_checked):
@@ -118,12 +122,30 @@ def load_model(
     config: ModelConfig,
     columns: OutputColumns | None = None,
     methods: list[str] | None = None,
+    runtime: str | None = None,
 ) -> LoadedModel:
-    """Load the estimator (and scaler), then derive its input contract and output columns."""
-    estimator = load_artifact(config.path, config, "model", config.sha256)
-    scaler = (
-        load_artifact(config.scaler, config, "scaler", config.scaler_sha256)
+    """Load the estimator (and scaler), then derive its input contract and output columns.
+
+    ``runtime`` (default ``config.runtime``): with ``auto`` or ``compiled``, a verified compiled
+    runtime cached for these files is used, and the model is never unpickled.
+    """
+    runtime = runtime or config.runtime
+    model_bytes, model_sha = read_artifact(config.path, config, "model", config.sha256)
+    scaler_read = (
+        read_artifact(config.scaler, config, "scaler", config.scaler_sha256)
         if config.scaler
+        else None
+    )
+    if runtime != "sklearn":
+        compiled = _compiled_model(
+            config, model_sha, scaler_read[1] if scaler_read else None, columns, methods, runtime
+        )
+        if compiled is not None:
+            return compiled
+    estimator = deserialize(model_bytes, model_sha, config.path, config, "model")
+    scaler = (
+        deserialize(scaler_read[0], scaler_read[1], config.scaler, config, "scaler")
+        if scaler_read and config.scaler
         else None
     )
     if scaler is not None and not hasattr(scaler.obj, "transform"):
@@ -146,6 +168,70 @@ def load_model(
         version=config.version or estimator.sha256[:12],
         contract_sha256=contract_sha256,
     )
+
+
+def _compiled_model(
+    config: ModelConfig,
+    model_sha: str,
+    scaler_sha: str | None,
+    columns: OutputColumns | None,
+    methods: list[str] | None,
+    runtime: str,
+) -> LoadedModel | None:
+    """The model as its cached compiled runtime gives it, or None to use scikit-learn."""
+    from .compiled import artifact_folder, find_compiled
+
+    def unusable(why: str) -> None:
+        if runtime == "compiled":
+            raise ModelError(
+                f"--runtime compiled: {why}",
+                f"run batch-infer compile --model {config.path}"
+                + (f" --scaler {config.scaler}" if config.scaler else "")
+                + " first (BATCH_INFER_CACHE_DIR must be the same), or use --runtime auto",
+            )
+        log.info("scoring with scikit-learn: %s", why)
+
+    compiled = find_compiled(model_sha, scaler_sha)
+    if compiled is None:
+        folder = artifact_folder(model_sha, scaler_sha)
+        return unusable(f"no compiled runtime for this model (sha256 {model_sha[:12]}) in {folder}")
+    meta = compiled.meta
+    outputs = compiled.output_plan(methods, columns or OutputColumns(), config.path)
+    lacking = [m for m in outputs.methods if m not in compiled.methods]
+    if lacking:
+        return unusable(f"the compiled runtime has no {', '.join(lacking)}")
+    contract = compiled.contract()
+    if config.features and set(config.features) != set(contract.names):
+        raise ModelError(
+            f"--features {config.features} do not match the {len(contract.names)} features "
+            f"{config.path} was fitted with: {contract.names}",
+            "drop --features to use the model's own, or pass exactly those names",
+        )
+    contract, contract_sha256 = _saved_contract(config, contract)
+    if not contract.all_numeric:
+        return unusable("the saved contract makes some features non-numeric")
+    estimator = Artifact(None, config.path, model_sha, meta.get("saved_sklearn_version"))
+    scaler = (
+        Artifact(None, config.scaler, scaler_sha, None) if config.scaler and scaler_sha else None
+    )
+    log.info("scoring with the compiled runtime %s from %s", compiled.engine, compiled.folder)
+    return LoadedModel(
+        estimator=estimator,
+        scaler=scaler,
+        contract=contract,
+        outputs=outputs,
+        kind=meta["kind"],
+        classes=meta["classes"],
+        version=config.version or model_sha[:12],
+        contract_sha256=contract_sha256,
+        runtime=compiled.engine,
+        compiled=compiled,
+    )
+
+
+def _final_type_name(estimator: Any) -> str:
+    steps = getattr(estimator, "steps", None)
+    return type(steps[-1][1] if steps else estimator).__name__
 
 
 def contract_for(
@@ -266,6 +352,14 @@ def load_artifact(
     Every failure is a ModelError (exit 4).
     """
     config = config or ModelConfig(path=url)
+    data, digest = read_artifact(url, config, role, expected_sha256)
+    return deserialize(data, digest, url, config, role)
+
+
+def read_artifact(
+    url: str, config: ModelConfig, role: str, expected_sha256: str | None
+) -> tuple[bytes, str]:
+    """An artifact's bytes and sha256, the pin checked: nothing is deserialized yet."""
     fs, path = storage.resolve(url, config.storage_options)
     try:
         data = fs.cat_file(path)
@@ -283,6 +377,11 @@ def load_artifact(
             f"{role} file {url} has sha256 {digest}, not the pinned {expected_sha256}; not loaded",
             f"check which file --{role} points at, or update the pin (--{role}-sha256)",
         )
+    return data, digest
+
+
+def deserialize(data: bytes, digest: str, url: str, config: ModelConfig, role: str) -> Artifact:
+    """Unpickle (joblib) or load (.skops, trusted types only) an artifact's checked bytes."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if url.lower().endswith(".skops"):

@@ -62,21 +62,8 @@ def plan_outputs(
 ) -> OutputPlan:
     """Check the requested methods against the model and name their columns."""
     available = available_methods(estimator)
-    if requested:
-        unknown = [m for m in requested if m not in METHODS]
-        if unknown:
-            raise ConfigError(
-                f"--outputs names {unknown}, which batch-infer does not call",
-                f"choose from: {', '.join(METHODS)}",
-            )
-        missing = [m for m in requested if m not in available]
-        if missing:
-            raise ModelError(
-                f"{url} ({type(_final(estimator)).__name__}) has no {', '.join(missing)}",
-                f"its methods are: {', '.join(available) or 'none'}; choose --outputs among them",
-            )
-        methods = [m for m in METHODS if m in requested]
-    else:
+    methods = check_requested(requested, available, type(_final(estimator)).__name__, url)
+    if methods is None:
         methods = ["predict"] if "predict" in available else []
         if "predict_proba" in available and _is_classifier(estimator):
             methods.append("predict_proba")
@@ -90,6 +77,28 @@ def plan_outputs(
         columns.extend(_columns(estimator, method, names))
     from_proba = "predict" in methods and "predict_proba" in methods and _argmax_of_proba(estimator)
     return OutputPlan(methods, columns, labels_from_probability=from_proba)
+
+
+def check_requested(
+    requested: list[str] | None, available: list[str], model_type: str, url: str
+) -> list[str] | None:
+    """The requested methods in call order, None when none were requested; unknown or missing
+    methods are refused."""
+    if not requested:
+        return None
+    unknown = [m for m in requested if m not in METHODS]
+    if unknown:
+        raise ConfigError(
+            f"--outputs names {unknown}, which batch-infer does not call",
+            f"choose from: {', '.join(METHODS)}",
+        )
+    missing = [m for m in requested if m not in available]
+    if missing:
+        raise ModelError(
+            f"{url} ({model_type}) has no {', '.join(missing)}",
+            f"its methods are: {', '.join(available) or 'none'}; choose --outputs among them",
+        )
+    return [m for m in METHODS if m in requested]
 
 
 def _columns(estimator: Any, method: str, names: OutputColumns) -> list[OutputColumn]:
