@@ -13,6 +13,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@# byte-compile now: with PYTHONDONTWRITEBYTECODE set, every run would compile from source
+	$(BIN)/python -m compileall -q batch_infer
 	touch $(STAMP)
 
 ## Score the bundled sample with the sample model into ./output/ and print the run summary.

@@ -21,8 +21,8 @@ FEATURES = ["age", "tenure", "monthly_charges", "total_charges"]
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Compiled runtimes go to a cache of the test session's own, never ~/.cache/batch-infer."""
-    folder = tmp_path_factory.getbasetemp() / "batch-infer-cache"
+    """Compiled runtimes go to a cache of each test's own, never ~/.cache/batch-infer."""
+    folder = tmp_path_factory.mktemp("batch-infer-cache")
     monkeypatch.setenv("BATCH_INFER_CACHE_DIR", str(folder))
     return folder
 

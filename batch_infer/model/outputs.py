@@ -260,11 +260,16 @@ def _argmax_of_proba(estimator: Any) -> bool:
     For them, one ``predict_proba`` call gives both columns, exactly as ``predict`` would, and
     the model's work is not done twice (a forest's predict runs every tree again).
     """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.ensemble._forest import ForestClassifier
+    import sys
 
     final = _final(estimator)
     if np.ndim(getattr(final, "classes_", None)) != 1:
         return False
-    known = (ForestClassifier, HistGradientBoostingClassifier)
-    return type(final).predict in {cls.predict for cls in known}
+    # looked up, not imported (30 ms): a model of these classes has imported their modules
+    forest = sys.modules.get("sklearn.ensemble._forest")
+    hgb = sys.modules.get("sklearn.ensemble._hist_gradient_boosting.gradient_boosting")
+    known = [
+        getattr(forest, "ForestClassifier", None),
+        getattr(hgb, "HistGradientBoostingClassifier", None),
+    ]
+    return type(final).predict in {cls.predict for cls in known if cls is not None}

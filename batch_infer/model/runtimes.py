@@ -6,7 +6,7 @@ them against the model before any is cached.
 
 - ``numpy-linear``: a StandardScaler (optional) then a linear model, as NumPy arrays: the same
   operations scikit-learn does, without importing it (or SciPy, or pandas) at run time.
-- ``treelite``: tree ensembles compiled to native code, see ``TreeRuntime``.
+- ``treelite``: boosted tree ensembles compiled to native code, see ``trees.TreeRuntime``.
 """
 
 from __future__ import annotations
@@ -49,15 +49,15 @@ def build_runtime(estimator: Any, scaler: Any | None) -> Any:
     raise ModelError(
         f"no compiled runtime covers {type(final).__name__}; compiled: linear models "
         "(LogisticRegression, LinearRegression, Ridge, Lasso, ElasticNet, SGD, LinearSVC, ...) "
-        "and tree ensembles (HistGradientBoosting, RandomForest, ExtraTrees, GradientBoosting, "
-        "DecisionTree)",
+        "and boosted trees (HistGradientBoosting with numeric features, GradientBoosting, "
+        "LightGBM)",
         "score it with the scikit-learn runtime (--runtime sklearn)",
     )
 
 
 def load_runtime(folder: Path, meta: dict[str, Any]) -> Any:
     if meta["engine"] == LinearRuntime.engine:
-        return LinearRuntime.load(folder)
+        return LinearRuntime.load(folder, meta)
     from .trees import TreeRuntime
 
     if meta["engine"] == TreeRuntime.engine:
@@ -141,18 +141,18 @@ class LinearRuntime:
 
     def save(self, folder: Path) -> None:
         arrays = {"coef": self.coef, "intercept": self.intercept}
-        for name in ("mean", "scale", "classes"):
+        for name in ("mean", "scale"):
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = value
         np.savez(folder / LINEAR_FILE, probability=np.array(self.probability or ""), **arrays)
 
     @classmethod
-    def load(cls, folder: Path) -> LinearRuntime:
+    def load(cls, folder: Path, meta: dict[str, Any]) -> LinearRuntime:
         with np.load(folder / LINEAR_FILE, allow_pickle=False) as saved:
             arrays = {name: saved[name] for name in saved.files}
         probability = str(arrays.pop("probability")) or None
-        return cls(probability=probability, **arrays)
+        return cls(probability=probability, classes=_classes(meta), **arrays)
 
     def decision(self, matrix: np.ndarray) -> np.ndarray:
         """What scikit-learn computes: the scaler's in-place steps, then ``X @ coef.T + b``."""
@@ -194,6 +194,11 @@ class LinearRuntime:
         for exponent in (-3, 0, 3, 6):
             rows.append(rng.normal(0, 10.0**exponent, (500, width)))
         return np.concatenate(rows)
+
+
+def _classes(meta: dict[str, Any]) -> np.ndarray | None:
+    """The labels, from the runtime's metadata (JSON: strings, numbers or booleans)."""
+    return np.asarray(meta["classes"]) if meta.get("classes") is not None else None
 
 
 def _divide(features: np.ndarray, scale: np.ndarray) -> np.ndarray:
