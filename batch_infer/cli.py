@@ -170,6 +170,17 @@ def run(
     outputs: OutputsOpt = None,
     contract: ContractOpt = None,
     runtime: RuntimeOpt = None,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="local (default): threads here; dask: a Dask cluster."),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Dask scheduler address (default: DASK_SCHEDULER_ADDRESS, else a LocalCluster).",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
@@ -195,6 +206,7 @@ def run(
     )
     overrides["workers"] = workers
     overrides["resume"] = resume
+    overrides["engine"] = {"kind": engine, "scheduler": scheduler}
     overrides["output"].update(
         if_exists=if_exists,
         rejects=rejects,

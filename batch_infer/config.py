@@ -134,6 +134,27 @@ class OutputConfig(_Section):
     _split_partition_by = field_validator("partition_by", "methods", mode="before")(_split_csv)
 
 
+class EngineConfig(_Section):
+    """Where fragments are scored: this process's threads, or a Dask cluster's workers."""
+
+    kind: Literal["local", "dask"] = Field(
+        "local", description="local: a thread pool here; dask: tasks on a Dask cluster."
+    )
+    scheduler: str | None = Field(
+        None,
+        description="Dask scheduler address (tcp://host:8786); default: Dask's own configuration "
+        "(DASK_SCHEDULER_ADDRESS), else a LocalCluster of worker processes sized to the cores.",
+    )
+    shared_filesystem: bool = Field(
+        False,
+        description="Local paths are visible to every worker (NFS, one machine): allow them "
+        "with a remote scheduler.",
+    )
+    workers: int | None = Field(
+        None, gt=0, le=1024, description="Worker processes of the LocalCluster (default: cores)."
+    )
+
+
 class RunConfig(_Section):
     """Everything one run needs; ``batch_infer.run(RunConfig(...))`` needs nothing else."""
 
@@ -151,6 +172,7 @@ class RunConfig(_Section):
     workers: int | None = Field(
         None, gt=0, le=256, description="Fragments scored side by side (default: the cores)."
     )
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @property
     def output_path(self) -> str:
@@ -275,6 +297,8 @@ FLAGS = {
     "resume": "--resume/--no-resume",
     "run_date": "--run-date",
     "workers": "--workers",
+    "engine.kind": "--engine",
+    "engine.scheduler": "--scheduler",
 }
 
 

@@ -20,6 +20,17 @@ class BatchInferError(Exception):
     def __str__(self) -> str:
         return f"{self.what} — {self.fix}" if self.fix else self.what
 
+    def __reduce__(self) -> tuple:
+        """Pickled whole (what and fix), as a Dask worker's error reaches the client."""
+        return (_rebuild, (type(self), self.what, self.fix, self.exit_code))
+
+
+def _rebuild(cls: type, what: str, fix: str, exit_code: int) -> BatchInferError:
+    error = BatchInferError.__new__(cls)
+    BatchInferError.__init__(error, what, fix)
+    error.exit_code = exit_code
+    return error
+
 
 class ConfigError(BatchInferError):
     """The run's configuration or command line is wrong or incomplete."""
@@ -62,6 +73,12 @@ class StorageUnavailable(BatchInferError):
     """
 
     exit_code = 75  # EX_TEMPFAIL, as for a held lock: schedulers retry it
+
+
+class EngineUnavailable(BatchInferError):
+    """The cluster kept losing the workers that ran a fragment: nothing committed, try later."""
+
+    exit_code = 75
 
 
 class Interrupted(BatchInferError):

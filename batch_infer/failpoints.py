@@ -22,5 +22,18 @@ POINTS = (
 
 
 def reached(name: str) -> None:
-    if os.environ.get("BATCH_INFER_FAILPOINT") == name:
+    if os.environ.get("BATCH_INFER_FAILPOINT") == name and _first_time():
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_time() -> bool:
+    """With ``BATCH_INFER_FAILPOINT_ONCE=<file>``, only the first process to get here dies (it
+    creates the file): one Dask worker killed, its replacement left to finish the work."""
+    marker = os.environ.get("BATCH_INFER_FAILPOINT_ONCE")
+    if not marker:
+        return True
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True

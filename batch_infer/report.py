@@ -25,6 +25,10 @@ class RunReport:
     rows_rejected: int = 0
     status: str = "committed"
     runtime: str = "sklearn"
+    engine: str = "local"
+    scheduler: str | None = None
+    workers_used: int | None = None
+    task_retries: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,6 +49,14 @@ class RunReport:
                 ),
                 f"  model     version {self.model_version} (sha256 {self.model_sha256[:16]}…), "
                 f"{self.runtime} runtime",
+                *(
+                    [
+                        f"  engine    dask, {self.scheduler}, {self.workers_used} worker(s), "
+                        f"{self.task_retries} task retries"
+                    ]
+                    if self.engine == "dask"
+                    else []
+                ),
                 f"  time      {self.seconds:.2f} s ({rate:,.0f} rows/s)",
                 f"  run id    {self.run_id}",
             ]

@@ -89,6 +89,7 @@ class _Prepared:
     output_schema: pa.Schema
     target: sinks.OutputTarget
     fingerprint: dict[str, Any]
+    engine_stats: Any = None  # engines.dask.DaskStats when the Dask engine scored
 
     @property
     def own_prefixes(self) -> set[str]:
@@ -291,10 +292,29 @@ def _score(
         failpoints.reached("between-fragments")
         return fragment, staged
 
-    with library_threads(workers, available_cores()):
-        results = run_parallel(
-            work, todo, workers, on_result=lambda r: advance(r[0], r[1].rows), cancel=cancel
+    results: list[tuple[sources.Fragment, StagedFragment]] = []
+    if config.engine.kind == "dask":
+        from .engines import dask as dask_engine
+
+        def finished(fragment: sources.Fragment, staged: StagedFragment) -> None:
+            results.append((fragment, staged))
+            advance(fragment, staged.rows)
+            rejected = [f for f in staged.files if sinks.is_reject_file(f.path)]
+            if rejected:  # the limit holds across workers: counted here, as tasks end
+                budget.add_staged(sum(f.rows for f in rejected), target, rejected[0])
+
+        ref = dask_engine.model_ref(
+            prepared.model, config.model, config.output.columns, config.output.methods
         )
+        remote_job = replace(job, model=None, decode_threads=False)
+        prepared.engine_stats = dask_engine.run_fragments(
+            config.engine, remote_job, ref, todo, finished, cancel, available_cores()
+        )
+    else:
+        with library_threads(workers, available_cores()):
+            results = run_parallel(
+                work, todo, workers, on_result=lambda r: advance(r[0], r[1].rows), cancel=cancel
+            )
     files = [f for name in done for f in done[name]] + [f for _, s in results for f in s.files]
     rows = sum(f.rows for f in files)  # scored and rejected
     if rows != plan.total_rows:  # a row lost or doubled is a bug, never a result
@@ -414,6 +434,7 @@ def _report(prepared: _Prepared, manifest: dict[str, Any], started: float) -> Ru
         model_sha256=model.sha256,
         model_version=model.version,
         runtime=model.runtime,
+        **_engine_facts(prepared),
         predicted_at=manifest.get("predicted_at", prepared.spec.predicted_at.isoformat()),
         run_date=prepared.config.run_date.isoformat() if prepared.config.run_date else None,
     )
@@ -436,19 +457,34 @@ class RejectBudget:
         self.where = where
         self._lock = threading.Lock()
 
+    def add_staged(self, rows: int, target: sinks.OutputTarget, file: sinks.OutputFile) -> None:
+        """Rows a Dask task rejected and staged; over the limit, name the first of them."""
+        with self._lock:
+            self.count += rows
+            over = self.count > self.allowed
+        if over:
+            import pyarrow.parquet as pq
+
+            path = sinks._staged(target, file.path)
+            with target.fs.open(path, "rb") as handle:
+                first = pq.ParquetFile(handle).read_row_group(0).slice(0, 1).to_pylist()[0]
+            self._refuse(first)
+
     def add(self, rejected: pa.RecordBatch) -> None:
         with self._lock:
             self.count += rejected.num_rows
             over = self.count > self.allowed
         if over:
-            first = rejected.slice(0, 1).to_pylist()[0]
-            raise InputError(
-                f"{self.count} row(s) rejected, more than the {self.allowed} allowed; first: "
-                f"{first['reject_source_file']} row group {first['reject_row_group']} "
-                f"row {first['reject_row_index']}: {first['reject_message']}",
-                "fix those rows, or let them go to the rejects dataset with --max-reject-rows N "
-                f"or --max-reject-rate R (it would be {self.where})",
-            )
+            self._refuse(rejected.slice(0, 1).to_pylist()[0])
+
+    def _refuse(self, first: dict[str, Any]) -> None:
+        raise InputError(
+            f"{self.count} row(s) rejected, more than the {self.allowed} allowed; first: "
+            f"{first['reject_source_file']} row group {first['reject_row_group']} "
+            f"row {first['reject_row_index']}: {first['reject_message']}",
+            "fix those rows, or let them go to the rejects dataset with --max-reject-rows N "
+            f"or --max-reject-rate R (it would be {self.where})",
+        )
 
 
 def score_fragment(
@@ -561,6 +597,18 @@ def _prepare(config: RunConfig) -> _Prepared:
         config.output.rejects,
         commit_concurrency=config.output.commit_concurrency,
     )
+    if config.engine.kind == "dask":
+        from .engines.dask import check_reachable
+
+        model_fs, _ = storage.resolve(config.model.path, config.model.storage_options)
+        check_reachable(
+            config.engine,
+            {
+                "input": (plan.root, plan.fs),
+                "output": (target.url, target.fs),
+                "model": (config.model.path, model_fs),
+            },
+        )
     clash = [f.name for f in REJECT_FIELDS if f.name in plan.schema.names]
     if clash:
         raise ConfigError(
@@ -695,6 +743,7 @@ def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -
             "scaler_sha256": model.scaler.sha256 if model.scaler else None,
         },
         "runtime": model.runtime,
+        "engine": _engine_facts(prepared),
         "sklearn_version": version("scikit-learn"),  # without importing it (compiled runtimes)
         "rows_in": plan.total_rows,
         "rows_out": sum(f.rows for f in files if not sinks.is_reject_file(f.path)),
@@ -702,6 +751,19 @@ def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -
         "partition_by": prepared.config.output.partition_by,
         "files": [{"path": f.path, "rows": f.rows} for f in files],
     }
+
+
+def _engine_facts(prepared: _Prepared) -> dict[str, Any]:
+    """The engine that scored and, for Dask, where (credentials masked) and on how many workers."""
+    stats = prepared.engine_stats
+    facts: dict[str, Any] = {"engine": prepared.config.engine.kind}
+    if stats is not None:
+        import re
+
+        facts["scheduler"] = re.sub(r"//[^/@]*@", "//***@", stats.scheduler)
+        facts["workers_used"] = len(stats.workers)
+        facts["task_retries"] = stats.task_retries
+    return facts
 
 
 def _predicted_at(run_date: dt.date | None) -> dt.datetime:
