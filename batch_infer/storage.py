@@ -190,10 +190,19 @@ def _s3_filesystem_class() -> type:
 
         exists = sync_wrapper(_exists)
 
+        def __reduce__(self) -> tuple:
+            """Pickled by arguments (a class made here cannot be pickled by reference): how a
+            Dask task takes the run's filesystems to a worker."""
+            return (_rebuilt_s3_filesystem, (self.storage_args, self.storage_options))
+
     # One instance cache with s3fs's own, so s3fs.S3FileSystem.clear_instance_cache() (which
     # users and tests call to drop stale listings and clients) clears ours too.
     S3FileSystem._cache = s3fs.S3FileSystem._cache
     return S3FileSystem
+
+
+def _rebuilt_s3_filesystem(args: tuple, options: dict[str, Any]) -> fsspec.AbstractFileSystem:
+    return _s3_filesystem_class()(*args, **options)
 
 
 def abort_multipart_uploads(fs: fsspec.AbstractFileSystem, prefix: str) -> int:
