@@ -29,6 +29,7 @@ class RunReport:
     scheduler: str | None = None
     workers_used: int | None = None
     task_retries: int | None = None
+    worker_peak_rss_mib: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,7 +53,8 @@ class RunReport:
                 *(
                     [
                         f"  engine    dask, {self.scheduler}, {self.workers_used} worker(s), "
-                        f"{self.task_retries} task retries"
+                        f"{self.task_retries} task retries, worker peak RSS "
+                        f"{self.worker_peak_rss_mib} MiB"
                     ]
                     if self.engine == "dask"
                     else []

@@ -763,6 +763,7 @@ def _engine_facts(prepared: _Prepared) -> dict[str, Any]:
         facts["scheduler"] = re.sub(r"//[^/@]*@", "//***@", stats.scheduler)
         facts["workers_used"] = len(stats.workers)
         facts["task_retries"] = stats.task_retries
+        facts["worker_peak_rss_mib"] = stats.worker_peak_rss_mib
     return facts
 
 

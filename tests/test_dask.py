@@ -363,3 +363,32 @@ def test_input_and_output_on_s3_through_the_cluster(
     assert s3.exists(f"{BUCKET}/scored/_SUCCESS")
     scored = [p for p in s3.find(f"{BUCKET}/scored") if p.endswith(".parquet")]
     assert len(scored) == 6
+
+
+def test_sigterm_on_the_client_cancels_the_tasks_and_the_rerun_resumes(
+    tmp_path: Path, churn_input: Path, trained_models
+) -> None:
+    out = tmp_path / "out"
+    args = ["run", "-i", str(churn_input), "-m", str(trained_models["binary"]), "-o", str(out)]
+    client = subprocess.Popen(
+        [sys.executable, "-m", "batch_infer", *args, "--engine", "dask", "--batch-size", "100"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.glob("_staging/*/_done/*.json")):
+        assert client.poll() is None, client.communicate()
+        assert time.monotonic() < deadline, "no row group finished"
+        time.sleep(0.05)
+    client.send_signal(signal.SIGTERM)
+    _, stderr = client.communicate(timeout=60)
+    assert client.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("Error: interrupted by SIGTERM")
+    assert not (out / "_SUCCESS").exists()
+    assert not (out / "_batch_infer.lock").exists()
+
+    resumed = _cli(*args, "--batch-size", "100", "--engine", "dask")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already staged" in resumed.stderr
+    assert sorted(read_output(out).column("customer_id").to_pylist()) == list(range(ROWS))

@@ -113,6 +113,7 @@ class DaskStats:
     scheduler: str = ""
     workers: set[str] = field(default_factory=set)
     task_retries: int = 0
+    worker_peak_rss_mib: float | None = None  # the largest peak RSS among the worker processes
 
 
 def scheduler_address(engine: Any) -> str | None:
@@ -242,11 +243,26 @@ def run_fragments(
             client.cancel(list(running), force=True)
             raise
         stats.task_retries = _retries(client, run_tag)
+        stats.worker_peak_rss_mib = _worker_peak_rss_mib(client)
         return stats
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _peak_rss_kib() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def _worker_peak_rss_mib(client: Any) -> float | None:
+    try:
+        peaks = client.run(_peak_rss_kib)
+    except Exception:  # a report detail, never a reason to fail a scored run
+        return None
+    return round(max(peaks.values()) / 1024, 1) if peaks else None
 
 
 def _retries(client: Any, run_tag: str) -> int:
