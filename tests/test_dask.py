@@ -338,7 +338,10 @@ def test_a_worker_without_the_models_package(tmp_path: Path, churn_input: Path, 
 
 
 def test_input_and_output_on_s3_through_the_cluster(
-    s3, moto_endpoint, tmp_path: Path, trained_models  # noqa: F811
+    s3,  # noqa: F811
+    moto_endpoint,  # noqa: F811
+    tmp_path: Path,
+    trained_models,
 ) -> None:
     table = churn_table(6_000, seed=2)
     local = write_parquet(table, tmp_path / "a.parquet", row_group_size=1_000)
