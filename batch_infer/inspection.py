@@ -102,6 +102,7 @@ def describe_model(
         "sha256": artifact.sha256,
         "saved_sklearn_version": artifact.saved_sklearn_version,
         "installed_sklearn_version": sklearn.__version__,
+        "compiled_runtime": _compiled(model),
     }
     width = max((len(f.name) for f in model.contract.features), default=0)
     lines = [
@@ -114,7 +115,29 @@ def describe_model(
         f"  columns    {', '.join(data['output_columns'])}",
         f"  sha256     {artifact.sha256}",
         f"  sklearn    saved with {artifact.saved_sklearn_version}, installed {sklearn.__version__}",
+        "  runtime    "
+        + (
+            f"compiled {data['compiled_runtime']['engine']} cached in "
+            f"{data['compiled_runtime']['folder']} (runs use it by default)"
+            if data["compiled_runtime"]
+            else "scikit-learn (nothing compiled; see batch-infer compile)"
+        ),
         f"  input contract ({model.contract.origin}), {len(model.features)} feature(s):",
         *(f"    {f.name:<{width}}  {f.describe()}" for f in model.contract.features),
     ]
     return Description("\n".join(lines), data)
+
+
+def _compiled(model: Any) -> dict[str, Any] | None:
+    """The verified compiled runtime cached for this model, if any."""
+    from .model.compiled import find_compiled
+
+    compiled = find_compiled(model.sha256, model.scaler.sha256 if model.scaler else None)
+    if compiled is None:
+        return None
+    return {
+        "engine": compiled.engine,
+        "folder": str(compiled.folder),
+        "methods": compiled.methods,
+        "verification": compiled.meta.get("verification"),
+    }

@@ -289,3 +289,22 @@ from sklearn.linear_model import Ridge  # noqa: E402
 class _ShiftedRidge(Ridge):
     def predict(self, X):  # noqa: N803
         return super().predict(X) + 1.0
+
+
+def test_a_damaged_cache_entry_falls_back_to_scikit_learn_and_inspect_tells(
+    tmp_path: Path,
+) -> None:
+    model_path, data, _ = fit_and_write(tmp_path, "ridge")
+    assert compile_cli("--model", str(model_path)).returncode == 0
+    shown = subprocess.run(
+        [sys.executable, "-m", "batch_infer", "inspect", str(model_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert "runtime    compiled numpy-linear cached in" in shown.stdout
+    cache = Path(os.environ["BATCH_INFER_CACHE_DIR"])
+    (damaged,) = cache.glob("compiled/*/linear.npz")
+    damaged.write_bytes(b"not an npz file")
+    report = run(make_config(data, tmp_path / "out", model_path))
+    assert report.runtime == "sklearn"
+    assert report.rows_out == report.rows_in

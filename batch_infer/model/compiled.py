@@ -140,6 +140,14 @@ def find_compiled(model_sha256: str, scaler_sha256: str | None) -> CompiledModel
     except ModelError as exc:
         log.warning("cannot use the compiled runtime in %s: %s (%s)", folder, exc.what, exc.fix)
         return None
+    except Exception as exc:  # a damaged cache entry: scikit-learn still scores
+        log.warning(
+            "ignoring the damaged compiled runtime in %s: %s: %s (compile the model again)",
+            folder,
+            type(exc).__name__,
+            exc,
+        )
+        return None
     return CompiledModel(folder, meta, runtime)
 
 
