@@ -18,11 +18,36 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Score Parquet data with a fitted scikit-learn model and commit the scored data safely.",
 )
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"batch-infer {version('batch-infer')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _top(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Score Parquet data with a fitted scikit-learn model and commit the scored data safely."""
 
 
 class OutputFormat(StrEnum):
@@ -139,6 +164,14 @@ QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress, no summary; errors only.")
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")]
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="BATCH_INFER_LOG_FORMAT",
+        help="Log lines on stderr: text, or json (one object per line, with the run id).",
+    ),
+]
 FormatOpt = Annotated[
     OutputFormat,
     typer.Option("--output-format", help="text, or json: the last stdout line is one JSON object."),
@@ -184,12 +217,13 @@ def run(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Score Parquet input with a model and commit the scored output (manifest, then _SUCCESS).
 
     Example: batch-infer run -c configs/nightly.yaml --run-date 2026-01-31
     """
-    _setup_logging(quiet, verbose)
+    _setup_logging(quiet, verbose, log_format)
     overrides = _overrides(
         input,
         output,
@@ -227,7 +261,7 @@ def run(
         run_config = _load(config, overrides)
         if quiet:
             progress: Any = NoProgress()
-        elif sys.stderr.isatty():
+        elif sys.stderr.isatty() and log_format == LogFormat.text:
             progress = RichProgress()
         else:
             progress = LogProgress()
@@ -251,12 +285,13 @@ def validate(
     runtime: RuntimeOpt = None,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Check a run without writing: inputs, footers, model, feature columns, output location.
 
     Example: batch-infer validate -c configs/nightly.yaml --run-date 2026-01-31
     """
-    _setup_logging(False, verbose)
+    _setup_logging(False, verbose, log_format)
     overrides = _overrides(
         input,
         output,
@@ -567,21 +602,17 @@ def _fail(what: str, fix: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _setup_logging(quiet: bool, verbose: bool) -> None:
-    """Plain lines on stderr; at a terminal the progress bar replaces the INFO lines."""
+def _setup_logging(quiet: bool, verbose: bool, log_format: str = "text") -> None:
+    """Lines on stderr (text or JSON); at a terminal the progress bar replaces the INFO lines."""
+    from .logs import setup
+
     if verbose:
         level = logging.DEBUG
-    elif quiet or sys.stderr.isatty():
+    elif quiet or (sys.stderr.isatty() and log_format == "text"):
         level = logging.WARNING
     else:
         level = logging.INFO
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-        force=True,
-    )
+    setup(level, str(log_format))
     # Their DEBUG output includes request headers (the access key id among them): never wanted.
     for noisy in ("botocore", "s3fs", "fsspec", "aiobotocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)

@@ -32,7 +32,9 @@ class RunReport:
     worker_peak_rss_mib: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        from importlib.metadata import version
+
+        return {**asdict(self), "version": version("batch-infer")}
 
     def summary(self) -> str:
         rate = self.rows_in / self.seconds if self.seconds > 0 else 0.0

@@ -34,6 +34,7 @@ from .errors import (
     first_line,
 )
 from .executor import available_cores, library_threads, run_parallel
+from .logs import RUN_ID
 from .model import LoadedModel, load_model
 from .model.contract import type_problem
 from .progress import NoProgress, Progress
@@ -151,6 +152,7 @@ def _run(config: RunConfig, progress: Progress | None, cancel: threading.Event |
         storage.abort_multipart_uploads(target.fs, storage.join(target.root, sinks.STAGING))
         sinks.check_target(target, config.output.mode, prepared.own_prefixes)
         record, done = _resume(prepared)
+        RUN_ID.set(record["run_id"])  # on every log line from now on
         held.rename(record["run_id"])
         prepared.spec = replace(
             prepared.spec, predicted_at=dt.datetime.fromisoformat(record["predicted_at"])
@@ -744,6 +746,7 @@ def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -
         },
         "runtime": model.runtime,
         "engine": _engine_facts(prepared),
+        "batch_infer_version": version("batch-infer"),
         "sklearn_version": version("scikit-learn"),  # without importing it (compiled runtimes)
         "rows_in": plan.total_rows,
         "rows_out": sum(f.rows for f in files if not sinks.is_reject_file(f.path)),
