@@ -2,14 +2,17 @@
 
 python benchmarks/workloads.py make-data ROWS FILES OUT_DIR [churn|mixed]
 python benchmarks/workloads.py make-models MODELS_DIR [churn|mixed]
-python benchmarks/workloads.py io-bound INPUT OUT_DIR THREADS
+python benchmarks/workloads.py io-bound INPUT OUT_DIR THREADS [zstd|snappy]
 python benchmarks/workloads.py model-bound INPUT MODELS_DIR MODEL      (prints CPU seconds)
+python benchmarks/workloads.py model-bound-compiled INPUT MODELS_DIR MODEL
+    (the runtime `batch-infer compile` cached in BATCH_INFER_CACHE_DIR; prints CPU seconds)
 python benchmarks/workloads.py naive INPUT MODELS_DIR MODEL OUT_FILE
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -167,32 +170,48 @@ def _files(input_path: str) -> list[str]:
     )
 
 
-def io_bound(input_path: str, out_dir: str, threads: int) -> None:
-    """Stream-read every row group and write it back with three extra columns, zstd: no model."""
+# What batch-infer adds to every row, in its order and types (pq.read_schema of its output):
+# prediction int64 (the label), probability float64, predicted_at timestamp[us, UTC] and
+# model_version, a string of 12 hex characters (the model file's sha256[:12] by default).
+MODEL_VERSION = hashlib.sha256(b"io-bound").hexdigest()[:12]
+PLAIN_COLUMNS = {"probability"}  # nearly all distinct: batch-infer writes them without a dictionary
+
+
+def io_bound(input_path: str, out_dir: str, threads: int, codec: str = "zstd") -> None:
+    """Stream-read every row group and write it back with batch-infer's four added columns
+    (same names, types and order), in ``codec``, with batch-infer's dictionary choice (every
+    column but the probability): the same output, no model."""
     os.makedirs(out_dir, exist_ok=True)
     units = [(f, rg) for f in _files(input_path) for rg in range(pq.ParquetFile(f).num_row_groups)]
     stamp = pa.scalar(0, pa.timestamp("us", tz="UTC"))
+    version = pa.scalar(MODEL_VERSION, pa.string())
+    added = ["prediction", "probability", "predicted_at", "model_version"]
 
     def work(worker: int) -> None:
         mine = units[worker::threads]
         if not mine:
             return
         writer = None
+        rng = np.random.default_rng(worker)
         for path, rg in mine:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP, row_groups=[rg]):
                 n = batch.num_rows
+                probability = rng.uniform(size=n)
                 extra = [
-                    pa.array(np.zeros(n, dtype="int64")),
-                    pa.array(np.random.default_rng(rg).uniform(size=n)),
+                    pa.array((probability > 0.5).astype("int64")),
+                    pa.array(probability),
                     pa.repeat(stamp, n),
+                    pa.repeat(version, n),
                 ]
                 batch = pa.RecordBatch.from_arrays(
-                    batch.columns + extra,
-                    names=batch.schema.names + ["prediction", "probability", "predicted_at"],
+                    batch.columns + extra, names=batch.schema.names + added
                 )
                 if writer is None:
                     writer = pq.ParquetWriter(
-                        f"{out_dir}/part-{worker}.parquet", batch.schema, compression="zstd"
+                        f"{out_dir}/part-{worker}.parquet",
+                        batch.schema,
+                        compression=codec,
+                        use_dictionary=[n for n in batch.schema.names if n not in PLAIN_COLUMNS],
                     )
                 writer.write_batch(batch)
         writer.close()
@@ -244,6 +263,36 @@ def model_bound(input_path: str, models_dir: str, model: str) -> None:
     print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall}))
 
 
+def _sha256(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def model_bound_compiled(input_path: str, models_dir: str, model: str) -> None:
+    """CPU seconds of the compiled runtime alone (``batch-infer compile`` cached it in
+    BATCH_INFER_CACHE_DIR): predict + predict_proba on the whole float64 feature matrix."""
+    from batch_infer.model.compiled import find_compiled
+
+    if model == "logreg":
+        model_sha = _sha256(f"{models_dir}/logreg.joblib")
+        scaler_sha = _sha256(f"{models_dir}/scaler.joblib")
+    else:
+        model_sha, scaler_sha = _sha256(f"{models_dir}/{model}.joblib"), None
+    compiled = find_compiled(model_sha, scaler_sha)
+    if compiled is None:
+        raise SystemExit(f"no compiled runtime for {model} in BATCH_INFER_CACHE_DIR")
+    names = [feature.name for feature in compiled.contract().features]
+    table = pa.concat_tables(pq.read_table(f, columns=names) for f in _files(input_path))
+    matrix = np.empty((table.num_rows, len(names)), dtype=np.float64)
+    for index, name in enumerate(names):
+        matrix[:, index] = table.column(name).to_numpy()
+    del table
+    cpu = time.process_time()
+    wall = time.perf_counter()
+    compiled.call(matrix, ["predict", "predict_proba"])
+    print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall}))
+
+
 def naive(input_path: str, models_dir: str, model: str, out_file: str) -> None:
     """What a user writes by hand: iter_batches -> to_pandas -> predict -> append -> concat -> to_parquet."""
     import pandas as pd
@@ -271,9 +320,11 @@ if __name__ == "__main__":
     elif command == "make-models":
         make_models(*args)
     elif command == "io-bound":
-        io_bound(args[0], args[1], int(args[2]))
+        io_bound(args[0], args[1], int(args[2]), *args[3:])
     elif command == "model-bound":
         model_bound(args[0], args[1], args[2])
+    elif command == "model-bound-compiled":
+        model_bound_compiled(args[0], args[1], args[2])
     elif command == "naive":
         naive(*args)
     else:
