@@ -42,6 +42,18 @@ def _files(root: Path) -> dict[str, str]:
     }
 
 
+def _run_on(
+    address: str, source: str, model: str, out: str, *extra: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`batch-infer run` on the test's external cluster; its local paths are shared."""
+    return _cli(
+        *("run", "-i", source, "-m", model, "-o", out, *extra),
+        *("--engine", "dask", "--scheduler", address),
+        env={"BATCH_INFER_ENGINE__SHARED_FILESYSTEM": "true"},
+        cwd=cwd,
+    )
+
+
 def _cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "batch_infer", *args],
@@ -144,23 +156,15 @@ def test_external_scheduler_and_workers_give_the_local_engines_bytes(
     start_worker()
     model = trained_models["binary"]
     run(make_config(churn_input, tmp_path / "local", model, run_date="2026-01-05"))
-    remote = _cli(
-        "run",
-        "-i",
+    remote = _run_on(
+        address,
         str(churn_input),
-        "-m",
         str(model),
-        "-o",
         str(tmp_path / "dask"),
         "--run-date",
         "2026-01-05",
-        "--engine",
-        "dask",
-        "--scheduler",
-        address,
         "--output-format",
         "json",
-        env={"BATCH_INFER_ENGINE__SHARED_FILESYSTEM": "true"},
     )
     assert remote.returncode == 0, remote.stderr
     report = json.loads(remote.stdout.strip().splitlines()[-1])
@@ -193,21 +197,13 @@ def test_a_worker_killed_mid_fragment_is_replaced_and_every_row_commits_once(
     start_worker(
         env={"BATCH_INFER_FAILPOINT": "mid-fragment", "BATCH_INFER_FAILPOINT_ONCE": str(marker)}
     )
-    done = _cli(
-        "run",
-        "-i",
-        str(churn_input),
-        "-m",
-        str(trained_models["binary"]),
-        "-o",
-        str(tmp_path / "out"),
-        "--engine",
-        "dask",
-        "--scheduler",
+    done = _run_on(
         address,
+        str(churn_input),
+        str(trained_models["binary"]),
+        str(tmp_path / "out"),
         "--output-format",
         "json",
-        env={"BATCH_INFER_ENGINE__SHARED_FILESYSTEM": "true"},
     )
     assert marker.exists()  # a worker process really died mid-fragment
     assert done.returncode == 0, done.stderr
@@ -222,19 +218,8 @@ def test_workers_that_keep_dying_end_the_run_with_75_and_nothing_committed(
 ) -> None:
     address, start_worker = cluster
     start_worker(env={"BATCH_INFER_FAILPOINT": "mid-fragment"})  # every worker, every time
-    failed = _cli(
-        "run",
-        "-i",
-        str(churn_input),
-        "-m",
-        str(trained_models["binary"]),
-        "-o",
-        str(tmp_path / "out"),
-        "--engine",
-        "dask",
-        "--scheduler",
-        address,
-        env={"BATCH_INFER_ENGINE__SHARED_FILESYSTEM": "true"},
+    failed = _run_on(
+        address, str(churn_input), str(trained_models["binary"]), str(tmp_path / "out")
     )
     assert failed.returncode == 75, failed.stderr
     assert "Dask workers kept dying while scoring" in failed.stderr
@@ -284,20 +269,8 @@ def test_a_model_file_only_the_client_can_read(
     home = tmp_path / "client-home"
     (home / "models").mkdir(parents=True)
     joblib.dump(joblib.load(trained_models["binary"]), home / "models" / "binary.joblib")
-    failed = _cli(
-        "run",
-        "-i",
-        str(churn_input),
-        "-m",
-        "models/binary.joblib",
-        "-o",
-        str(tmp_path / "out"),
-        "--engine",
-        "dask",
-        "--scheduler",
-        address,
-        env={"BATCH_INFER_ENGINE__SHARED_FILESYSTEM": "true"},
-        cwd=home,
+    failed = _run_on(
+        address, str(churn_input), "models/binary.joblib", str(tmp_path / "out"), cwd=home
     )
     assert failed.returncode == 4, failed.stderr
     assert "on Dask worker tcp://127.0.0.1:" in failed.stderr
@@ -318,20 +291,7 @@ def test_a_worker_without_the_models_package(tmp_path: Path, churn_input: Path, 
     (broken / "__init__.py").write_text("raise ImportError('lightgbm is not installed here')\n")
     address, start_worker = cluster
     start_worker(env={"PYTHONPATH": str(broken.parent)})
-    failed = _cli(
-        "run",
-        "-i",
-        str(churn_input),
-        "-m",
-        str(path),
-        "-o",
-        str(tmp_path / "out"),
-        "--engine",
-        "dask",
-        "--scheduler",
-        address,
-        env={"BATCH_INFER_ENGINE__SHARED_FILESYSTEM": "true"},
-    )
+    failed = _run_on(address, str(churn_input), str(path), str(tmp_path / "out"))
     assert failed.returncode == 4, failed.stderr
     assert "Dask worker tcp://127.0.0.1:" in failed.stderr
     assert "lightgbm is not installed here" in failed.stderr

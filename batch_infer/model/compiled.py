@@ -98,12 +98,7 @@ class CompiledModel:
         )
         if methods is None:
             methods = self.meta["default_methods"]
-        base = {
-            "predict": names.prediction,
-            "predict_proba": names.probability,
-            "decision_function": names.decision,
-            "score_samples": names.score,
-        }
+        base = _column_bases(names)
         import pyarrow as pa
 
         columns = [
@@ -195,13 +190,7 @@ def compile_model(
     defaults = plan_outputs(estimator, None, OutputColumns(), model_url).methods
     full = plan_outputs(estimator, methods, OutputColumns(), model_url)
     defaults_covered = all(m in methods for m in defaults)
-    names = OutputColumns()
-    base = {
-        "predict": names.prediction,
-        "predict_proba": names.probability,
-        "decision_function": names.decision,
-        "score_samples": names.score,
-    }
+    base = _column_bases(OutputColumns())
     columns: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for column in full.columns:
         columns[column.method].append(
@@ -248,6 +237,16 @@ def compile_model(
     folder = artifact_folder(model.sha256, meta["scaler_sha256"])
     _store(folder, runtime, meta)
     return {**meta, "folder": str(folder)}
+
+
+def _column_bases(names: Any) -> dict[str, str]:
+    """Each method's column name (or prefix): the cache stores the rest of every name."""
+    return {
+        "predict": names.prediction,
+        "predict_proba": names.probability,
+        "decision_function": names.decision,
+        "score_samples": names.score,
+    }
 
 
 def _store(folder: Path, runtime: Any, meta: dict[str, Any]) -> None:
