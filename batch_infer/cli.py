@@ -214,6 +214,35 @@ def run(
             help="Dask scheduler address (default: DASK_SCHEDULER_ADDRESS, else a LocalCluster).",
         ),
     ] = None,
+    metrics_file: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-file",
+            help="Write Prometheus metrics here (node_exporter textfile format), also on failure.",
+        ),
+    ] = None,
+    pushgateway: Annotated[
+        str | None,
+        typer.Option(
+            "--pushgateway",
+            help="Push Prometheus metrics to this Pushgateway URL, also on failure (down: a warning).",
+        ),
+    ] = None,
+    report_html: Annotated[
+        str | None,
+        typer.Option(
+            "--report-html",
+            help="Write a self-contained HTML report of the run (scores, rejects, drift) here.",
+        ),
+    ] = None,
+    openlineage_url: Annotated[
+        str | None,
+        typer.Option(
+            "--openlineage-url",
+            envvar="OPENLINEAGE_URL",
+            help="Send OpenLineage START and COMPLETE/FAIL events to this URL.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
@@ -241,6 +270,12 @@ def run(
     overrides["workers"] = workers
     overrides["resume"] = resume
     overrides["engine"] = {"kind": engine, "scheduler": scheduler}
+    overrides["observe"] = {
+        "metrics_file": metrics_file,
+        "pushgateway": pushgateway,
+        "report_html": report_html,
+        "openlineage_url": openlineage_url,
+    }
     overrides["output"].update(
         if_exists=if_exists,
         rejects=rejects,
@@ -312,6 +347,24 @@ def validate(
 
         report = validate_job(_load(config, overrides))
     _emit(report, output_format, quiet=False)
+
+
+@app.command()
+def report(
+    output: Annotated[str, typer.Argument(help="A committed output (folder or URL).")],
+    html: Annotated[str, typer.Option("--html", help="Where to write the HTML report.")],
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write the HTML report of a committed output, from its manifest (or its data).
+
+    Example: batch-infer report output/scores/2026-01-31 --html report.html
+    """
+    _setup_logging(False, verbose)
+    with _errors(verbose):
+        from .observe.publish import report_of_output
+
+        report_of_output(output, html)
+    typer.echo(f"wrote {html}")
 
 
 @app.command()

@@ -155,6 +155,54 @@ class EngineConfig(_Section):
     )
 
 
+class ObserveConfig(_Section):
+    """What a run publishes besides its output: metrics, an HTML report, lineage events."""
+
+    metrics_file: str | None = Field(
+        None,
+        description="Write Prometheus metrics here (node_exporter textfile format, atomically).",
+    )
+    pushgateway: str | None = Field(
+        None, description="Push Prometheus metrics to this Pushgateway, also when the run fails."
+    )
+    report_html: str | None = Field(
+        None, description="Write a self-contained HTML report of the run here (also on failure)."
+    )
+    openlineage_url: str | None = Field(
+        None,
+        description="Send OpenLineage START and COMPLETE/FAIL events here (default: OPENLINEAGE_URL).",
+    )
+
+
+class ServeSection(_Section):
+    """How `batch-infer serve` listens and batches (the `serve:` section of a config file)."""
+
+    name: str | None = Field(None, description="The model's name in URLs (default: file stem).")
+    host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    grpc_port: int | None = Field(8081, ge=0, le=65535, description="None: no gRPC server.")
+    max_batch_size: int = Field(64, gt=0, le=65536)
+    max_batch_time_ms: float = Field(2.0, ge=0, le=10_000)
+    cache_size: int = Field(0, ge=0, description="Rows whose outputs are kept (LRU); 0: off.")
+    workers: int = Field(1, gt=0, le=256, description="Server processes sharing the ports.")
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="On SIGTERM, in-flight requests get this long to finish."
+    )
+
+
+class ServeConfig(_Section):
+    """Everything `batch-infer serve` needs: the model as for `run`, its outputs, the server."""
+
+    model: ModelConfig
+    methods: list[str] | None = Field(
+        None, description="Model methods to answer with, as output.methods of a run."
+    )
+    columns: OutputColumns = Field(default_factory=OutputColumns)
+    serve: ServeSection = Field(default_factory=ServeSection)
+
+    _split_methods = field_validator("methods", mode="before")(_split_csv)
+
+
 class RunConfig(_Section):
     """Everything one run needs; ``batch_infer.run(RunConfig(...))`` needs nothing else."""
 
@@ -173,6 +221,10 @@ class RunConfig(_Section):
         None, gt=0, le=256, description="Fragments scored side by side (default: the cores)."
     )
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    observe: ObserveConfig = Field(default_factory=ObserveConfig)
+    serve: ServeSection | None = Field(
+        None, description="Read by `batch-infer serve` only; a run ignores it."
+    )
 
     @property
     def output_path(self) -> str:
@@ -274,6 +326,32 @@ def load_config(
         raise ConfigError(describe_validation_error(exc), _fix_hint(exc, config_file)) from None
 
 
+def load_serve_config(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServeConfig:
+    """The same layering as ``load_config``, for `serve`: the file's model, outputs and serve section.
+
+    A config file written for `run` serves as is: ``model``, ``output.methods`` and
+    ``output.columns`` are taken from it, input and output paths are ignored.
+    """
+    data = read_yaml(config_file) if config_file else {}
+    data = deep_merge(data, env_overrides(os.environ if environ is None else environ))
+    data = deep_merge(data, overrides or {})
+    output = data.get("output") or {}
+    picked = {
+        "model": data.get("model"),
+        "methods": data.get("methods", output.get("methods")),
+        "columns": data.get("columns", output.get("columns")),
+        "serve": data.get("serve"),
+    }
+    try:
+        return ServeConfig.model_validate({k: v for k, v in picked.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc), _fix_hint(exc, config_file)) from None
+
+
 # The flag that sets a config field, to name it in error messages.
 FLAGS = {
     "input.path": "--input",
@@ -299,6 +377,19 @@ FLAGS = {
     "workers": "--workers",
     "engine.kind": "--engine",
     "engine.scheduler": "--scheduler",
+    "observe.metrics_file": "--metrics-file",
+    "observe.pushgateway": "--pushgateway",
+    "observe.report_html": "--report-html",
+    "observe.openlineage_url": "--openlineage-url",
+    "methods": "--outputs",
+    "serve.name": "--name",
+    "serve.host": "--host",
+    "serve.http_port": "--http-port",
+    "serve.grpc_port": "--grpc-port",
+    "serve.max_batch_size": "--max-batch-size",
+    "serve.max_batch_time_ms": "--max-batch-time-ms",
+    "serve.cache_size": "--cache-size",
+    "serve.workers": "--workers",
 }
 
 

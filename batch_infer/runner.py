@@ -37,6 +37,7 @@ from .executor import available_cores, library_threads, run_parallel
 from .logs import RUN_ID
 from .model import LoadedModel, load_model
 from .model.contract import type_problem
+from .observe.facts import RunFacts
 from .progress import NoProgress, Progress
 from .report import RunReport, ValidationReport
 from .scoring import (
@@ -69,6 +70,7 @@ class FragmentJob:
     target: sinks.OutputTarget
     output: OutputConfig
     dictionary_columns: list[str]
+    statistics: tuple[list[str], list[str], list[str]] | None = None  # features, outputs, partitions
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class StagedFragment:
     source: str
     rows: int
     files: list[sinks.OutputFile]
+    statistics: dict[str, Any] | None = None  # observe.statistics sketch of its rows
 
 
 @dataclass
@@ -91,6 +94,7 @@ class _Prepared:
     target: sinks.OutputTarget
     fingerprint: dict[str, Any]
     engine_stats: Any = None  # engines.dask.DaskStats when the Dask engine scored
+    facts: RunFacts | None = None
 
     @property
     def own_prefixes(self) -> set[str]:
@@ -105,15 +109,23 @@ class _Prepared:
 
 
 def run(
-    config: RunConfig, progress: Progress | None = None, cancel: threading.Event | None = None
+    config: RunConfig,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    facts: RunFacts | None = None,
 ) -> RunReport:
     """Score the input with the model and commit the output. Raises a BatchInferError on failure.
 
     Setting ``cancel`` (a signal handler does) stops the workers within a batch; what they
     finished stays staged, and the next run with the same inputs, model and config resumes it.
+    ``facts`` fills in as the run goes; metrics, the HTML report and lineage events publish it
+    (``config.observe``), also when the run fails.
     """
-    with _store_errors():
-        return _run(config, progress, cancel)
+    from .observe.publish import output_name, published
+
+    facts = facts or RunFacts(job=output_name(config.output.path))
+    with published(config, facts), _store_errors():
+        return _run(config, progress, cancel, facts)
 
 
 def validate(config: RunConfig) -> ValidationReport:
@@ -134,17 +146,25 @@ def _store_errors() -> Iterator[None]:
         raise translated from exc
 
 
-def _run(config: RunConfig, progress: Progress | None, cancel: threading.Event | None) -> RunReport:
+def _run(
+    config: RunConfig,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+    facts: RunFacts,
+) -> RunReport:
     started = time.monotonic()
     progress = progress or NoProgress()
     cancel = cancel or threading.Event()
-    prepared = _prepare(config)
+    with facts.stage("plan"):
+        prepared = _prepare(config)
+    prepared.facts = facts
+    _note_plan(facts, prepared)
     target = prepared.target
     if sinks.committed_but_not_cleaned(target) is not None:
-        return _finish_cleanup(prepared, started)
+        return _noted(facts, _finish_cleanup(prepared, started))
     skipped = _skip_if_committed(prepared, started)
     if skipped is not None:
-        return skipped
+        return _noted(facts, skipped)
     sinks.check_target(target, config.output.mode, prepared.own_prefixes)  # fail before writing
     held = lock.acquire(target, _new_run_id())
     try:
@@ -153,24 +173,29 @@ def _run(config: RunConfig, progress: Progress | None, cancel: threading.Event |
         sinks.check_target(target, config.output.mode, prepared.own_prefixes)
         record, done = _resume(prepared)
         RUN_ID.set(record["run_id"])  # on every log line from now on
+        facts.run_id = record["run_id"]
         held.rename(record["run_id"])
         prepared.spec = replace(
             prepared.spec, predicted_at=dt.datetime.fromisoformat(record["predicted_at"])
         )
         if sinks.pending_commit(target) is not None:
             log.info("finishing the interrupted commit of run %s", record["run_id"])
-            manifest = sinks.finish_commit(target)
+            with facts.stage("commit"):
+                manifest = sinks.finish_commit(target)
         else:
             failpoints.reached("after-plan")
-            files = _score(prepared, done, progress, cancel)
-            manifest = sinks.commit(
-                target,
-                files,
-                _manifest(prepared, record["run_id"], files),
-                config.output.mode,
-                prepared.own_prefixes,
-                previous=record.get("inherited_manifest"),
-            )
+            with facts.stage("score"):
+                files = _score(prepared, done, progress, cancel)
+            _compare_with_baseline(prepared)
+            with facts.stage("commit"):
+                manifest = sinks.commit(
+                    target,
+                    files,
+                    _manifest(prepared, record["run_id"], files),
+                    config.output.mode,
+                    prepared.own_prefixes,
+                    previous=record.get("inherited_manifest"),
+                )
     except (ConfigError, InputError, ModelError, OutputConflictError):
         sinks.discard_staging(target)  # the input, model or config must change: no resuming
         raise
@@ -182,6 +207,33 @@ def _run(config: RunConfig, progress: Progress | None, cancel: threading.Event |
         progress.finish()
     report = _report(prepared, manifest, started)
     log.info("committed %d rows in %d file(s) to %s", report.rows_out, report.files_out, target.url)
+    facts.manifest = manifest
+    facts.bytes_written = sum(int(f.get("bytes", 0)) for f in manifest.get("files", []))
+    return _noted(facts, report)
+
+
+def _note_plan(facts: RunFacts, prepared: _Prepared) -> None:
+    """What the plan and the loaded model tell, before anything is scored."""
+    plan, model = prepared.plan, prepared.model
+    facts.output = prepared.target.url
+    facts.inputs = [f.url for f in plan.files]
+    facts.rows_in = plan.total_rows
+    facts.files_in = len(plan.files)
+    facts.fragments = len(plan.fragments)
+    facts.bytes_read = plan.total_bytes
+    facts.model_path = model.estimator.url
+    facts.model_version = model.version
+    facts.model_sha256 = model.sha256
+    facts.runtime = model.runtime
+    facts.engine = prepared.config.engine.kind
+
+
+def _noted(facts: RunFacts, report: RunReport) -> RunReport:
+    facts.status = report.status
+    facts.rows_scored = report.rows_out
+    facts.rows_rejected = report.rows_rejected
+    facts.files_out = report.files_out
+    facts.run_id = report.run_id
     return report
 
 
@@ -257,6 +309,7 @@ def _score(
         dictionary_columns=sinks.dictionary_columns(
             prepared.output_schema, prepared.float_columns, config.output.partition_by
         ),
+        statistics=_statistics_columns(prepared),
     )
     fragments = plan.fragments
     todo = [f for f in fragments if f.name not in done]
@@ -272,10 +325,13 @@ def _score(
     progress.start(plan.total_rows, len(fragments), len(plan.files))
     row_groups_left = {f.path: f.num_row_groups for f in plan.files}
 
+    facts = prepared.facts or RunFacts(job="")
+
     def advance(fragment: sources.Fragment, rows: int) -> None:
         row_groups_left[fragment.file.path] -= 1
         finished_file = int(row_groups_left[fragment.file.path] == 0)
         progress.advance(rows=rows, fragments=1, files=finished_file)
+        facts.progressed(fragment.num_rows)
 
     for fragment in fragments:
         if fragment.name in done:
@@ -290,7 +346,7 @@ def _score(
 
     def work(fragment: sources.Fragment) -> tuple[sources.Fragment, StagedFragment]:
         staged = score_fragment(fragment, job, cancel, budget)
-        sinks.record_fragment(target, fragment.name, staged.files)
+        sinks.record_fragment(target, fragment.name, staged.files, staged.statistics)
         failpoints.reached("between-fragments")
         return fragment, staged
 
@@ -318,6 +374,10 @@ def _score(
                 work, todo, workers, on_result=lambda r: advance(r[0], r[1].rows), cancel=cancel
             )
     files = [f for name in done for f in done[name]] + [f for _, s in results for f in s.files]
+    sketches = sinks.recorded_statistics(target, set(done)) + [
+        s.statistics for _, s in results if s.statistics
+    ]
+    _note_statistics(facts, job.statistics, sketches)
     rows = sum(f.rows for f in files)  # scored and rejected
     if rows != plan.total_rows:  # a row lost or doubled is a bug, never a result
         raise RuntimeError(f"staged {rows} rows but the input holds {plan.total_rows}")
@@ -326,6 +386,80 @@ def _score(
     if not [f for f in files if not sinks.is_reject_file(f.path)]:  # keep the rejects, if any
         files.append(sinks.stage_empty(target, prepared.output_schema, config.output.partition_by))
     return files
+
+
+def _statistics_columns(prepared: _Prepared) -> tuple[list[str], list[str], list[str]]:
+    """What the report's sketches follow: the features, the model's outputs, the partitions."""
+    outputs = [f.name for f in prepared.model.outputs.fields()]
+    return prepared.model.features, outputs, prepared.config.output.partition_by
+
+
+def _note_statistics(
+    facts: RunFacts,
+    columns: tuple[list[str], list[str], list[str]] | None,
+    sketches: list[dict[str, Any]],
+) -> None:
+    """Merge the fragments' sketches into the run's statistics."""
+    from .observe.statistics import RunStatistics
+
+    if columns is None:
+        return
+    merged = RunStatistics(*columns)
+    for sketch in sketches:
+        merged.merge(RunStatistics.from_dict(sketch))
+    facts.statistics = merged.to_dict()
+    facts.rejected_by_reason = dict(facts.statistics["rejects_by_reason"]["top"])
+
+
+def _compare_with_baseline(prepared: _Prepared) -> None:
+    """Drift against the previous committed run of the same output, if there is one."""
+    from .observe.statistics import drift
+
+    facts = prepared.facts
+    if facts is None or facts.statistics is None:
+        return
+    previous = previous_manifest(prepared.config, prepared.target)
+    if previous is None or not previous.get("statistics"):
+        return
+    facts.baseline = previous["statistics"]
+    facts.baseline_run_id = previous.get("run_id")
+    facts.drift = drift(facts.statistics, facts.baseline)
+
+
+def previous_manifest(config: RunConfig, target: sinks.OutputTarget) -> dict[str, Any] | None:
+    """The manifest of the run before this one: the committed one at the output, or, for a
+    ``{run_date}`` output, the latest committed one of an earlier date."""
+    if target.fs.exists(storage.join(target.root, sinks.SUCCESS)):
+        return sinks.read_manifest(target)
+    if config.run_date is None:
+        return None
+    return earlier_dated_manifest(
+        config.output.path, config.output.storage_options, config.run_date.isoformat()
+    )
+
+
+def earlier_dated_manifest(
+    template: str, storage_options: dict[str, Any], run_date: str
+) -> dict[str, Any] | None:
+    """The committed manifest of the latest date before ``run_date`` of a ``{run_date}`` output."""
+    if "{run_date}" not in template:
+        return None
+    import re
+
+    fs, pattern = storage.resolve(template.replace("{run_date}", "*"), storage_options)
+    dated = re.compile(re.escape(pattern).replace(r"\*", r"(\d{4}-\d{2}-\d{2})") + "$")
+    earlier = []
+    for path in fs.glob(pattern):
+        match = dated.match(path.rstrip("/"))
+        if match and match.group(1) < run_date:
+            earlier.append((match.group(1), path.rstrip("/")))
+    for _, path in sorted(earlier, reverse=True):
+        if fs.exists(storage.join(path, sinks.SUCCESS)):
+            try:
+                return json.loads(fs.cat_file(storage.join(path, sinks.MANIFEST)))
+            except (OSError, ValueError):
+                continue
+    return None
 
 
 def _resume(prepared: _Prepared) -> tuple[dict[str, Any], dict[str, list[sinks.OutputFile]]]:
@@ -497,6 +631,11 @@ def score_fragment(
 ) -> StagedFragment:
     """Read one row group, score it and stage its output; touches nothing outside staging."""
     rejected: list[pa.RecordBatch] = []
+    statistics = None
+    if job.statistics is not None:
+        from .observe.statistics import RunStatistics
+
+        statistics = RunStatistics(*job.statistics)
 
     def scored() -> Iterator[pa.RecordBatch]:
         batches = sources.read_fragment(
@@ -535,6 +674,10 @@ def score_fragment(
                 rejected.append(outcome.rejected)
                 if budget is not None:
                     budget.add(outcome.rejected)
+                if statistics is not None:
+                    statistics.add_rejected(outcome.rejected)
+            if statistics is not None:
+                statistics.add_scored(outcome.scored)
             yield outcome.scored
             failpoints.reached("mid-fragment")  # the writer holds this batch, its file is open
         if read != fragment.num_rows:
@@ -555,6 +698,7 @@ def score_fragment(
         source=fragment.file.path,
         rows=sum(f.rows for f in files if not sinks.is_reject_file(f.path)),
         files=files,
+        statistics=statistics.to_dict() if statistics is not None else None,
     )
 
 
@@ -752,8 +896,20 @@ def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -
         "rows_out": sum(f.rows for f in files if not sinks.is_reject_file(f.path)),
         "rows_rejected": sum(f.rows for f in files if sinks.is_reject_file(f.path)),
         "partition_by": prepared.config.output.partition_by,
-        "files": [{"path": f.path, "rows": f.rows} for f in files],
+        "files": [{"path": f.path, "rows": f.rows, "bytes": f.bytes} for f in files],
+        **_observed(prepared),
     }
+
+
+def _observed(prepared: _Prepared) -> dict[str, Any]:
+    """What `batch-infer report` needs later: the run's facts so far, statistics and drift."""
+    facts = prepared.facts
+    if facts is None:
+        return {}
+    run = facts.to_dict()
+    statistics = run.pop("statistics")
+    drift = {"baseline_run_id": run.pop("baseline_run_id"), "psi": run.pop("drift")}
+    return {"run": run, "statistics": statistics, "drift": drift}
 
 
 def _engine_facts(prepared: _Prepared) -> dict[str, Any]:

@@ -56,10 +56,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class OutputFile:
-    """A written Parquet file: its path relative to the output root, and its row count."""
+    """A written Parquet file: its path relative to the output root, its rows and size."""
 
     path: str
     rows: int
+    bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ def stage_fragment(
 
     def remember(visited: Any) -> None:
         relative = posixpath.relpath(visited.path, staging).removesuffix(STAGED_SUFFIX)
-        written.append(OutputFile(relative, visited.metadata.num_rows))
+        written.append(OutputFile(relative, visited.metadata.num_rows, visited.size or 0))
 
     partitioning = None
     if config.partition_by:
@@ -336,7 +337,8 @@ def stage_rejects(
     table = pa.Table.from_batches(batches)
     with target.fs.open(path, "wb") as handle:
         pq.write_table(table, handle, compression="zstd")
-    return OutputFile(relative, table.num_rows)
+        size = handle.tell()
+    return OutputFile(relative, table.num_rows, size)
 
 
 def check_partition_values(batch: pa.RecordBatch, partition_by: list[str], where: str) -> None:
@@ -519,9 +521,20 @@ def _staged(target: OutputTarget, relative: str) -> str:
     return storage.join(target.staging, relative + STAGED_SUFFIX)
 
 
-def record_fragment(target: OutputTarget, fragment_name: str, files: list[OutputFile]) -> None:
-    """Note that a fragment's output is wholly staged: a resumed run skips it."""
-    record = {"files": [{"path": f.path, "rows": f.rows} for f in files]}
+def record_fragment(
+    target: OutputTarget,
+    fragment_name: str,
+    files: list[OutputFile],
+    statistics: dict[str, Any] | None = None,
+) -> None:
+    """Note that a fragment's output is wholly staged: a resumed run skips it.
+
+    Its statistics (the report's sketches) are kept with it, so a resumed run reports them too.
+    """
+    record = {
+        "files": [{"path": f.path, "rows": f.rows, "bytes": f.bytes} for f in files],
+        "statistics": statistics,
+    }
     storage.write_bytes_atomically(
         target.fs,
         storage.join(target.staging, DONE, f"{fragment_name}.json"),
@@ -539,8 +552,21 @@ def recorded_fragments(target: OutputTarget) -> dict[str, list[OutputFile]]:
         except (OSError, ValueError):
             continue  # half-written record: redo that fragment
         name = posixpath.basename(path).removesuffix(".json")
-        done[name] = [OutputFile(f["path"], f["rows"]) for f in record["files"]]
+        done[name] = [OutputFile(f["path"], f["rows"], f.get("bytes", 0)) for f in record["files"]]
     return done
+
+
+def recorded_statistics(target: OutputTarget, names: set[str]) -> list[dict[str, Any]]:
+    """The statistics a previous attempt recorded for the fragments ``names`` (resumed)."""
+    found = []
+    for name in sorted(names):
+        try:
+            record = json.loads(target.fs.cat_file(storage.join(target.staging, DONE, f"{name}.json")))
+        except (OSError, ValueError):
+            continue
+        if record.get("statistics"):
+            found.append(record["statistics"])
+    return found
 
 
 def discard_unrecorded(target: OutputTarget, done: set[str]) -> None:

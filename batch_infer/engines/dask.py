@@ -101,7 +101,7 @@ def score_on_worker(fragment: Any, job: Any, ref: ModelRef) -> tuple[Any, str]:
 
     job = replace(job, model=worker_model(ref))
     staged = score_fragment(fragment, job)
-    sinks.record_fragment(job.target, fragment.name, staged.files)
+    sinks.record_fragment(job.target, fragment.name, staged.files, staged.statistics)
     failpoints.reached("between-fragments")
     return staged, _worker_name()
 

@@ -1,0 +1,194 @@
+"""Publish a run's facts (metrics, HTML report, lineage events) when it starts and when it ends.
+
+Publishing never changes a run's outcome: a gateway or receiver that is down is a warning. Only a
+report or metrics file that cannot be written is an error, and only when the run itself succeeded
+(a failed run's own error is the one to report).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..config import RunConfig
+from ..errors import BatchInferError, ConfigError, first_line
+from .facts import RunFacts
+
+log = logging.getLogger(__name__)
+
+
+def output_name(path: str) -> str:
+    """A bounded name for an output: its last path element that is not a ``{run_date}`` template."""
+    parts = [p for p in path.rstrip("/").split("/") if p and "{" not in p and not p.endswith(":")]
+    return parts[-1] if parts else "output"
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code the CLI gives for this exception (see errors.EXIT_CODES)."""
+    if isinstance(exc, BatchInferError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    from ..storage import translate
+
+    known = translate(exc) if isinstance(exc, Exception) else None
+    return known.exit_code if known is not None else 1
+
+
+@contextmanager
+def published(config: RunConfig, facts: RunFacts) -> Iterator[RunFacts]:
+    """Lineage START before the run; metrics, HTML report and COMPLETE/FAIL after, however it ends."""
+    observe = config.observe
+    facts.run_date = config.run_date.isoformat() if config.run_date else None
+    _lineage("emit_start", facts, observe.openlineage_url)
+    failed: BaseException | None = None
+    try:
+        yield facts
+    except BaseException as exc:
+        failed = exc
+        facts.status = "failed"
+        facts.exit_code = exit_code_of(exc)
+        facts.error = str(exc) if isinstance(exc, BatchInferError) else first_line(exc)
+        raise
+    finally:
+        facts.finished_at = time.time()
+        if failed is None and facts.exit_code is None:
+            facts.exit_code = 0
+        _lineage("emit_end", facts, observe.openlineage_url)
+        if observe.pushgateway:
+            from . import metrics
+
+            metrics.push(facts, observe.pushgateway)
+        _write(observe.metrics_file, "metrics file", failed, lambda p: _metrics_file(facts, p))
+        _write(observe.report_html, "HTML report", failed, lambda p: write_html(facts, p))
+
+
+def _lineage(step: str, facts: RunFacts, url: str | None) -> None:
+    import os
+
+    if not (url or os.environ.get("OPENLINEAGE_URL")):
+        return  # openlineage-python is an extra: not imported unless asked for
+    from . import lineage
+
+    getattr(lineage, step)(facts, url)
+
+
+def _metrics_file(facts: RunFacts, path: str) -> None:
+    from . import metrics
+
+    metrics.write_textfile(facts, path)
+
+
+def write_html(facts: RunFacts | dict[str, Any], path: str, manifest: dict[str, Any] | None = None,
+               baseline: dict[str, Any] | None = None) -> None:
+    """Render the report and write it atomically (a local path or any fsspec URL)."""
+    from .. import storage
+    from . import html
+
+    data = facts.to_dict() if isinstance(facts, RunFacts) else facts
+    if isinstance(facts, RunFacts):
+        manifest = manifest or facts.manifest
+        baseline = baseline or facts.baseline
+    page = html.render(data, manifest, baseline)
+    fs, target = storage.resolve(path, {})
+    folder = posixpath.dirname(target)
+    if folder:
+        fs.makedirs(folder, exist_ok=True)
+    storage.write_bytes_atomically(fs, target, page.encode())
+
+
+def _write(path: str | None, what: str, failed: BaseException | None, write: Any) -> None:
+    if not path:
+        return
+    try:
+        write(path)
+    except Exception as exc:
+        if failed is not None:  # the run's own failure is what the caller must see
+            log.warning("could not write the %s %s: %s", what, path, first_line(exc))
+            return
+        if isinstance(exc, BatchInferError):
+            raise
+        raise ConfigError(
+            f"the run committed, but the {what} {path} could not be written: {first_line(exc)}",
+            "check that its folder exists and is writable; the output itself is committed",
+        ) from exc
+
+
+def report_of_output(output: str, html_path: str) -> None:
+    """The HTML report of a committed output: from its manifest, or from its data when the
+    manifest predates statistics; drift against the run it was compared with, when found."""
+    import json
+
+    from .. import runner, sinks, storage
+    from ..errors import InputError
+
+    fs, root = storage.resolve(output, {})
+    try:
+        manifest = json.loads(fs.cat_file(storage.join(root, sinks.MANIFEST)))
+        committed = fs.exists(storage.join(root, sinks.SUCCESS))
+    except (OSError, ValueError):
+        manifest, committed = None, False
+    if manifest is None or not committed:
+        raise InputError(
+            f"{output} holds no committed batch-infer output (no readable _manifest.json "
+            "with _SUCCESS)",
+            "give the output folder of a run that committed",
+        )
+    facts = dict(manifest.get("run") or {})
+    facts.update(status="committed", exit_code=0, run_id=manifest.get("run_id"))
+    facts.setdefault("job", output_name(output))
+    facts.setdefault("output", storage.display(fs, root))
+    statistics = manifest.get("statistics") or _statistics_from_data(fs, root, manifest)
+    facts["statistics"] = statistics
+    drift = manifest.get("drift") or {}
+    facts["drift"], facts["baseline_run_id"] = drift.get("psi"), drift.get("baseline_run_id")
+    baseline = None
+    config = manifest.get("config") or {}
+    template = (config.get("output") or {}).get("path", "")
+    if drift.get("baseline_run_id") and manifest.get("run_date"):
+        earlier = runner.earlier_dated_manifest(template, {}, manifest["run_date"])
+        if earlier and earlier.get("run_id") == drift["baseline_run_id"]:
+            baseline = earlier.get("statistics")
+    write_html(facts, html_path, manifest, baseline)
+
+
+def _statistics_from_data(fs: Any, root: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Sketch a committed output by reading it (outputs written before statistics existed)."""
+    import pyarrow.parquet as pq
+
+    from .. import storage
+    from .statistics import RunStatistics
+
+    model = manifest.get("model") or {}
+    columns = manifest.get("config", {}).get("output", {}).get("columns", {})
+    skip = {columns.get("predicted_at", "predicted_at"), columns.get("model_version", "model_version")}
+    features = list(model.get("features") or [])
+    stats: RunStatistics | None = None
+    for entry in manifest.get("files", []) + manifest.get("rejects", []):
+        path = storage.join(root, entry["path"])
+        with fs.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            if stats is None and not entry["path"].startswith("_rejects/"):
+                names = parquet.schema_arrow.names
+                outputs = [n for n in names if n not in features and n not in skip]
+                outputs = [n for n in outputs if n in _added_columns(manifest, names)]
+                stats = RunStatistics(features, outputs, manifest.get("partition_by") or [])
+            if stats is None:
+                continue
+            for batch in parquet.iter_batches(batch_size=65_536):
+                if entry["path"].startswith("_rejects/"):
+                    stats.add_rejected(batch)
+                else:
+                    stats.add_scored(batch)
+    return stats.to_dict() if stats is not None else {}
+
+
+def _added_columns(manifest: dict[str, Any], names: list[str]) -> set[str]:
+    """The model's output columns among a committed file's columns (named in the config)."""
+    columns = manifest.get("config", {}).get("output", {}).get("columns", {})
+    bases = [columns.get(k, k) for k in ("prediction", "probability", "decision", "score")]
+    return {n for n in names if any(n == b or n.startswith(f"{b}_") for b in bases)}
