@@ -172,6 +172,11 @@ class ObserveConfig(_Section):
         None,
         description="Send OpenLineage START and COMPLETE/FAIL events here (default: OPENLINEAGE_URL).",
     )
+    statistics: bool = Field(
+        True,
+        description="Sketch features and outputs while scoring (the report's histograms and "
+        "drift, kept in the manifest); false saves their cost (under 5%, see make bench).",
+    )
 
 
 class ServeSection(_Section):

@@ -388,8 +388,10 @@ def _score(
     return files
 
 
-def _statistics_columns(prepared: _Prepared) -> tuple[list[str], list[str], list[str]]:
+def _statistics_columns(prepared: _Prepared) -> tuple[list[str], list[str], list[str]] | None:
     """What the report's sketches follow: the features, the model's outputs, the partitions."""
+    if not prepared.config.observe.statistics:
+        return None
     outputs = [f.name for f in prepared.model.outputs.fields()]
     return prepared.model.features, outputs, prepared.config.output.partition_by
 

@@ -283,7 +283,9 @@ class _Values:
         pairs = pc.value_counts(array)
         values = pairs.field("values").to_pylist()
         counts = pairs.field("counts").to_pylist()
-        self.add_counts({_label(v): n for v, n in zip(values, counts, strict=True) if v is not None})
+        self.add_counts(
+            {_label(v): n for v, n in zip(values, counts, strict=True) if v is not None}
+        )
 
     def add_counts(self, counts: dict[str, int]) -> None:
         for value, n in counts.items():
