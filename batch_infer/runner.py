@@ -70,7 +70,9 @@ class FragmentJob:
     target: sinks.OutputTarget
     output: OutputConfig
     dictionary_columns: list[str]
-    statistics: tuple[list[str], list[str], list[str]] | None = None  # features, outputs, partitions
+    statistics: tuple[list[str], list[str], list[str]] | None = (
+        None  # features, outputs, partitions
+    )
 
 
 @dataclass(frozen=True)
@@ -351,28 +353,37 @@ def _score(
         return fragment, staged
 
     results: list[tuple[sources.Fragment, StagedFragment]] = []
-    if config.engine.kind == "dask":
-        from .engines import dask as dask_engine
+    try:
+        if config.engine.kind == "dask":
+            from .engines import dask as dask_engine
 
-        def finished(fragment: sources.Fragment, staged: StagedFragment) -> None:
-            results.append((fragment, staged))
-            advance(fragment, staged.rows)
-            rejected = [f for f in staged.files if sinks.is_reject_file(f.path)]
-            if rejected:  # the limit holds across workers: counted here, as tasks end
-                budget.add_staged(sum(f.rows for f in rejected), target, rejected[0])
+            def finished(fragment: sources.Fragment, staged: StagedFragment) -> None:
+                results.append((fragment, staged))
+                advance(fragment, staged.rows)
+                rejected = [f for f in staged.files if sinks.is_reject_file(f.path)]
+                if rejected:  # the limit holds across workers: counted here, as tasks end
+                    budget.add_staged(sum(f.rows for f in rejected), target, rejected[0])
 
-        ref = dask_engine.model_ref(
-            prepared.model, config.model, config.output.columns, config.output.methods
-        )
-        remote_job = replace(job, model=None, decode_threads=False)
-        prepared.engine_stats = dask_engine.run_fragments(
-            config.engine, remote_job, ref, todo, finished, cancel, available_cores()
-        )
-    else:
-        with library_threads(workers, available_cores()):
-            results = run_parallel(
-                work, todo, workers, on_result=lambda r: advance(r[0], r[1].rows), cancel=cancel
+            ref = dask_engine.model_ref(
+                prepared.model, config.model, config.output.columns, config.output.methods
             )
+            remote_job = replace(job, model=None, decode_threads=False)
+            prepared.engine_stats = dask_engine.run_fragments(
+                config.engine, remote_job, ref, todo, finished, cancel, available_cores()
+            )
+        else:
+            with library_threads(workers, available_cores()):
+                done_here = run_parallel(
+                    work,
+                    todo,
+                    workers,
+                    on_result=lambda r: advance(r[0], r[1].rows),
+                    cancel=cancel,
+                )
+                results.extend(done_here)
+    finally:
+        facts.rows_rejected = budget.count  # also when the reject limit stopped the run
+
     files = [f for name in done for f in done[name]] + [f for _, s in results for f in s.files]
     sketches = sinks.recorded_statistics(target, set(done)) + [
         s.statistics for _, s in results if s.statistics

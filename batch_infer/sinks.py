@@ -416,9 +416,13 @@ def commit(
             and not (is_reject_file(p) and _name_prefix(p) in own_prefixes)
         }
     remove = sorted(p for p in (leftovers | set(old_files)) - new - set(kept))
+    old_bytes = {
+        f["path"]: f.get("bytes", 0)
+        for f in old_manifest.get("files", []) + old_manifest.get("rejects", [])
+    }
     entries = sorted(
-        [{"path": p, "rows": n} for p, n in kept.items()]
-        + [{"path": f.path, "rows": f.rows} for f in files],
+        [{"path": p, "rows": n, "bytes": old_bytes.get(p, 0)} for p, n in kept.items()]
+        + [{"path": f.path, "rows": f.rows, "bytes": f.bytes} for f in files],
         key=lambda entry: entry["path"],
     )
     manifest = {
@@ -561,7 +565,9 @@ def recorded_statistics(target: OutputTarget, names: set[str]) -> list[dict[str,
     found = []
     for name in sorted(names):
         try:
-            record = json.loads(target.fs.cat_file(storage.join(target.staging, DONE, f"{name}.json")))
+            record = json.loads(
+                target.fs.cat_file(storage.join(target.staging, DONE, f"{name}.json"))
+            )
         except (OSError, ValueError):
             continue
         if record.get("statistics"):

@@ -22,6 +22,7 @@ class RunFacts:
     output: str = ""  # the output URL (not a label)
     inputs: list[str] = field(default_factory=list)  # input file URLs (lineage, report)
     run_id: str | None = None
+    lineage_run_id: str | None = None  # the OpenLineage run's UUID, made at START
     run_date: str | None = None
     model_path: str = ""
     model_version: str = ""

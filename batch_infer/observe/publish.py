@@ -44,6 +44,10 @@ def published(config: RunConfig, facts: RunFacts) -> Iterator[RunFacts]:
     """Lineage START before the run; metrics, HTML report and COMPLETE/FAIL after, however it ends."""
     observe = config.observe
     facts.run_date = config.run_date.isoformat() if config.run_date else None
+    try:
+        facts.output = facts.output or config.output_path  # named in the START event
+    except BatchInferError:
+        pass  # a {run_date} output without a run date: the run itself says so
     _lineage("emit_start", facts, observe.openlineage_url)
     failed: BaseException | None = None
     try:
@@ -83,8 +87,12 @@ def _metrics_file(facts: RunFacts, path: str) -> None:
     metrics.write_textfile(facts, path)
 
 
-def write_html(facts: RunFacts | dict[str, Any], path: str, manifest: dict[str, Any] | None = None,
-               baseline: dict[str, Any] | None = None) -> None:
+def write_html(
+    facts: RunFacts | dict[str, Any],
+    path: str,
+    manifest: dict[str, Any] | None = None,
+    baseline: dict[str, Any] | None = None,
+) -> None:
     """Render the report and write it atomically (a local path or any fsspec URL)."""
     from .. import storage
     from . import html
@@ -165,7 +173,10 @@ def _statistics_from_data(fs: Any, root: str, manifest: dict[str, Any]) -> dict[
 
     model = manifest.get("model") or {}
     columns = manifest.get("config", {}).get("output", {}).get("columns", {})
-    skip = {columns.get("predicted_at", "predicted_at"), columns.get("model_version", "model_version")}
+    skip = {
+        columns.get("predicted_at", "predicted_at"),
+        columns.get("model_version", "model_version"),
+    }
     features = list(model.get("features") or [])
     stats: RunStatistics | None = None
     for entry in manifest.get("files", []) + manifest.get("rejects", []):
