@@ -79,27 +79,37 @@ class LoadedModel:
 
         return pd.DataFrame(matrix, columns=list(names), copy=False)
 
-    def transform(self, features: Any) -> Any:
-        """Apply the separate scaler, if any."""
+    def transform(self, features: Any, scaler: Any = None) -> Any:
+        """Apply the separate scaler (or the row-wise twin given), if any."""
         if self.scaler is None:
             return self._frame(self.estimator.obj, features)
-        scaled = self.scaler.obj.transform(self._frame(self.scaler.obj, features))
+        scaler = scaler if scaler is not None else self.scaler.obj
+        scaled = scaler.transform(self._frame(scaler, features))
         return self._frame(self.estimator.obj, np.asarray(scaled))
 
     def call(self, features: Any) -> dict[str, Any]:
         """Each planned method's result for these rows (a matrix or a DataFrame).
 
+        A row's result depends on that row only, not on the batch it came in (``rowwise``):
+        linear models score with a row-wise kernel, models of unknown arithmetic on fixed tiles.
         Each method is called once; labels of forests and HistGradientBoosting come from
         ``predict_proba``, exactly as their ``predict`` computes them. When every non-finite
         value was set aside before, scikit-learn's finiteness scan is skipped (``assume_finite``).
         """
         if self.compiled is not None:
             return self.compiled.call(features, self.outputs.methods)
+        from .rowwise import in_tiles, plan_for
+
+        plan = plan_for(self.estimator.obj, self.scaler.obj if self.scaler else None)
+        if plan.tiled:
+            return in_tiles(lambda tile: self._call(tile, plan.estimator, plan.scaler), features)
+        return self._call(features, plan.estimator, plan.scaler)
+
+    def _call(self, features: Any, estimator: Any, scaler: Any) -> dict[str, Any]:
         from sklearn import config_context
 
         with config_context(assume_finite=self.finite_checked):
-            inputs = self.transform(features)
-            estimator = self.estimator.obj
+            inputs = self.transform(features, scaler)
             steps = getattr(estimator, "steps", None)
             if steps and len(steps) > 1 and len(self.outputs.methods) > 1:
                 # what Pipeline.predict and .predict_proba each do, done once: the encoders'

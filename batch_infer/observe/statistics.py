@@ -190,7 +190,8 @@ class _Sketch:
         values = array.to_numpy(zero_copy_only=False)  # nulls become NaN
         if values.dtype != np.float64:
             values = values.astype(np.float64)
-        total = float(values.sum())
+        with np.errstate(all="ignore"):  # inf - inf, or an overflow: the slow path handles it
+            total = float(values.sum())
         finite = values
         clean = math.isfinite(total)
         if not clean:  # NaN, null or infinity somewhere: the slow path
@@ -199,7 +200,8 @@ class _Sketch:
             values = values[~is_nan]
             finite = values[np.isfinite(values)]
             self.infinite += len(values) - len(finite)
-            total = float(finite.sum())
+            with np.errstate(all="ignore"):
+                total = float(finite.sum())
         if len(finite):
             self.min = min(self.min, float(finite.min()))
             self.max = max(self.max, float(finite.max()))
@@ -363,7 +365,8 @@ def _key(ordinal: int, scale: str) -> int:
 
 
 def bin_edges(ordinal: int, scale: str) -> tuple[float, float]:
-    """The values a bin holds, [low, high), as floats (what the report plots)."""
+    """The values a bin holds as floats (what the report plots): [low, high) for positive
+    values, (low, high] for negative ones (a bin is a range of magnitudes)."""
     if scale == "unit":
         return ordinal / UNIT_BINS, (ordinal + 1) / UNIT_BINS
     if ordinal < 0:
