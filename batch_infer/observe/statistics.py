@@ -128,7 +128,10 @@ class RunStatistics:
             raise ValueError(f"statistics of format {data.get('format')!r}; expected {FORMAT}")
         stats = cls([], [], data["partition_by"], data["probabilities"])
         stats.features = {n: _Sketch.from_dict(d, "log") for n, d in data["features"].items()}
-        stats.outputs = {n: _Sketch.from_dict(d, "label") for n, d in data["outputs"].items()}
+        stats.outputs = {
+            n: _Sketch.from_dict(d, "unit" if n in stats.probabilities else "label")
+            for n, d in data["outputs"].items()
+        }
         stats.rows_scored = data["rows_scored"]
         stats.rows_rejected = data["rows_rejected"]
         stats.partitions_scored = _Values.from_dict(data["partitions"]["scored"])
@@ -168,10 +171,10 @@ class _Sketch:
         kind = _kind_of(array.type, self.scale)
         if self.kind is None:
             self._become(kind)
-        elif kind != self.kind:
-            raise ValueError(f"a column changed from {self.kind} to {kind} values")
         self.rows += len(array)
         self.nulls += array.null_count
+        if kind != self.kind:  # a file typed otherwise: counted, not described (never fails a run)
+            return
         if kind == "categorical":
             self.values.add(array)
         elif kind == "numeric":
@@ -215,10 +218,10 @@ class _Sketch:
             return
         if self.kind is None:
             self._become(other.kind)
-        elif other.kind != self.kind or other.scale != self.scale:
-            raise ValueError(f"cannot merge {other.kind} values into {self.kind} ones")
         self.rows += other.rows
         self.nulls += other.nulls
+        if other.kind != self.kind or other.scale != self.scale:  # as in add: counted only
+            return
         self.nans += other.nans
         self.infinite += other.infinite
         self.min = min(self.min, other.min)
@@ -277,8 +280,9 @@ class _Values:
         if pa.types.is_integer(array.type) and len(array) > array.null_count:
             numbers = (array.drop_null() if array.null_count else array).to_numpy()
             low = min(int(numbers.min()), 0)
-            if int(numbers.max()) - low < 100_000:  # class labels: a bincount is 4x faster
-                counts = np.bincount(numbers - low if low else numbers)
+            labels = int(numbers.max()) - low < 100_000 and numbers.dtype != np.uint64
+            if labels:  # class labels: a bincount is 4x faster than a hash
+                counts = np.bincount(numbers.astype(np.int64) - low if low else numbers)
                 seen = np.flatnonzero(counts)
                 self.add_counts({str(int(v) + low): int(counts[v]) for v in seen})
                 return
