@@ -399,17 +399,20 @@ def _score(
     return files
 
 
-def _statistics_columns(prepared: _Prepared) -> tuple[list[str], list[str], list[str]] | None:
+def _statistics_columns(
+    prepared: _Prepared,
+) -> tuple[list[str], list[str], list[str], list[str]] | None:
     """What the report's sketches follow: the features, the model's outputs, the partitions."""
     if not prepared.config.observe.statistics:
         return None
     outputs = [f.name for f in prepared.model.outputs.fields()]
-    return prepared.model.features, outputs, prepared.config.output.partition_by
+    probabilities = [c.name for c in prepared.model.outputs.columns if c.method == "predict_proba"]
+    return prepared.model.features, outputs, prepared.config.output.partition_by, probabilities
 
 
 def _note_statistics(
     facts: RunFacts,
-    columns: tuple[list[str], list[str], list[str]] | None,
+    columns: tuple[list[str], list[str], list[str], list[str]] | None,
     sketches: list[dict[str, Any]],
 ) -> None:
     """Merge the fragments' sketches into the run's statistics."""

@@ -147,7 +147,19 @@ def report_of_output(output: str, html_path: str) -> None:
             "give the output folder of a run that committed",
         )
     facts = dict(manifest.get("run") or {})
-    facts.update(status="committed", exit_code=0, run_id=manifest.get("run_id"))
+    facts.update(
+        status="committed",
+        exit_code=0,
+        run_id=manifest.get("run_id"),
+        rows_scored=manifest.get("rows_out", 0),
+        rows_rejected=manifest.get("rows_rejected", 0),
+        files_out=len(manifest.get("files", [])),
+        bytes_written=sum(int(f.get("bytes", 0)) for f in manifest.get("files", [])),
+    )
+    if manifest.get("committed_at"):
+        import datetime as dt
+
+        facts["finished_at"] = dt.datetime.fromisoformat(manifest["committed_at"]).timestamp()
     facts.setdefault("job", output_name(output))
     facts.setdefault("output", storage.display(fs, root))
     statistics = manifest.get("statistics") or _statistics_from_data(fs, root, manifest)
@@ -187,7 +199,11 @@ def _statistics_from_data(fs: Any, root: str, manifest: dict[str, Any]) -> dict[
                 names = parquet.schema_arrow.names
                 outputs = [n for n in names if n not in features and n not in skip]
                 outputs = [n for n in outputs if n in _added_columns(manifest, names)]
-                stats = RunStatistics(features, outputs, manifest.get("partition_by") or [])
+                base = columns.get("probability", "probability")
+                probabilities = [n for n in outputs if n == base or n.startswith(f"{base}_")]
+                stats = RunStatistics(
+                    features, outputs, manifest.get("partition_by") or [], probabilities
+                )
             if stats is None:
                 continue
             for batch in parquet.iter_batches(batch_size=65_536):
