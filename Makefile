@@ -30,13 +30,16 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check batch_infer tests scripts
-	$(BIN)/ruff format --check batch_infer tests scripts
+	$(BIN)/ruff check batch_infer tests scripts deploy/airflow benchmarks
+	$(BIN)/ruff format --check batch_infer tests scripts deploy/airflow benchmarks
 
 ## Re-pin dependencies after editing pyproject.toml (needs uv: pip install uv).
 lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 	@# the xgboost extra is left out: dev has xgboost-cpu, the same module without CUDA
+	@# the container's pins: the runtime and its serve/compiled extras, no test tools, same versions
+	uv pip compile pyproject.toml --extra serve --extra compiled --constraint requirements.lock --python-version 3.11 -o deploy/requirements.lock
+	uv pip compile deploy/airflow/requirements-airflow.in --python-version 3.11 -o deploy/airflow/requirements-airflow.lock
 
 ## Regenerate sample_data/ (deterministic).
 sample-data: $(STAMP)
