@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
+from .rowwise import linear_scores
 
 LINEAR_FILE = "linear.npz"
 
@@ -155,7 +156,8 @@ class LinearRuntime:
         return cls(probability=probability, classes=_classes(meta), **arrays)
 
     def decision(self, matrix: np.ndarray) -> np.ndarray:
-        """What scikit-learn computes: the scaler's in-place steps, then ``X @ coef.T + b``."""
+        """What scikit-learn computes: the scaler's in-place steps, then ``X @ coef.T + b``
+        summed as ``rowwise.linear_scores`` sums it, so a row scores the same in any batch."""
         features = matrix
         if self.mean is not None:
             features = features - self.mean
@@ -163,7 +165,7 @@ class LinearRuntime:
             features = (
                 features / self.scale if features is matrix else _divide(features, self.scale)
             )
-        scores = features @ self.coef.T + self.intercept
+        scores = linear_scores(features, self.coef) + self.intercept  # row by row, not BLAS
         if scores.ndim > 1 and scores.shape[1] == 1 and self.classes is not None:
             return scores.reshape(-1)
         return scores
