@@ -349,6 +349,11 @@ def validate(
     _emit(report, output_format, quiet=False)
 
 
+from .serve.command import serve as serve_command  # noqa: E402 (typer only; the server loads lazily)
+
+app.command("serve")(serve_command)
+
+
 @app.command()
 def report(
     output: Annotated[str, typer.Argument(help="A committed output (folder or URL).")],

@@ -416,6 +416,6 @@ def _fix_hint(exc: ValidationError, config_file: str | Path | None) -> str:
     if any(err["type"] == "extra_forbidden" for err in exc.errors()):
         return "fix the field's spelling or remove it; configs/*.yaml shows every field"
     if all(err["type"] != "missing" for err in exc.errors()):
-        return "correct the value (see batch-infer run --help and configs/ for examples)"
+        return "correct the value (see the command's --help and configs/ for examples)"
     source = f"in {str(config_file)!r}, " if config_file else ""
     return f"set the field {source}with its flag, or a BATCH_INFER_<SECTION>__<FIELD> variable"

@@ -1,0 +1,504 @@
+"""The REST front door: the Open Inference Protocol (KServe V2) over HTTP, plus simple endpoints.
+
+Only translation lives here: JSON (and Triton's binary tensor layout) to and from the data
+plane. Bodies are parsed with orjson, not pydantic, on the hot path; the pydantic models below
+describe the same documents for the OpenAPI page at ``/docs`` and are never used to validate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field
+
+from .codecs import from_binary, request_from_records, to_binary
+from .dataplane import DataPlane, InferRequest, InferResponse, RequestedOutput, ServeError
+from .dataplane import InferInput as Tensor
+
+log = logging.getLogger(__name__)
+access = logging.getLogger("batch_infer.serve.access")
+JSON = "application/json"
+HEADER_LENGTH = "inference-header-content-length"
+
+
+# ---------------------------------------------------------------- documents, for /docs only
+
+
+class RequestInput(BaseModel):
+    name: str = Field(description="A feature's name, or any name for one [N, n_features] tensor.")
+    shape: list[int] = Field(description="[N] or [N, 1] per feature; [N, n_features] for a tensor.")
+    datatype: str = Field(description="BOOL, INT8..INT64, UINT8..UINT64, FP16, FP32, FP64, BYTES.")
+    data: list[Any] = Field(description="The values in row order (nested lists are flattened).")
+    parameters: dict[str, Any] | None = None
+
+
+class RequestOutput(BaseModel):
+    name: str = Field(description="An output of the model, e.g. prediction or probability.")
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    """An OIP inference request; ``parameters.content_type = "pd"``: one input per feature."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = Field(None, description="Default: every output.")
+
+
+class ResponseOutput(BaseModel):
+    name: str = Field(description="Named like run's columns: prediction, probability, ...")
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What is wrong, naming the input, and what to do.")
+
+
+class PredictRequest(BaseModel):
+    features: dict[str, Any] = Field(description="One row: feature name -> value.")
+
+
+class PredictResponse(BaseModel):
+    prediction: Any
+    probability: Any = Field(
+        None, description="Binary: of the positive class; multiclass: {class: probability}."
+    )
+    model_version: str
+
+
+class BatchPredictRequest(BaseModel):
+    instances: list[dict[str, Any]] = Field(description="Rows: feature name -> value.")
+
+
+class BatchPredictResponse(BaseModel):
+    predictions: list[Any]
+    probabilities: list[Any] | None
+    model_version: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model_loaded: bool
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "A bad request, named."},
+    404: {"model": ErrorResponse, "description": "Unknown model or version."},
+    503: {"model": ErrorResponse, "description": "Not ready (loading or shutting down)."},
+}
+BODY_SCHEMAS = (InferenceRequest, PredictRequest, BatchPredictRequest)
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(dataplane: DataPlane, access_log: bool = False) -> FastAPI:
+    """The REST app for one data plane (no global state: tests may build several)."""
+    app = FastAPI(
+        title=f"batch-infer serve: {dataplane.name}",
+        version=dataplane.server_version,
+        description="The model's predictions over the Open Inference Protocol (KServe V2), "
+        "identical to what `batch-infer run` writes for the same rows.",
+    )
+    metrics = dataplane.metrics
+
+    def answer(
+        endpoint: str, name: str, work: Callable[[], Awaitable[Response]]
+    ) -> Awaitable[Response]:
+        async def timed() -> Response:
+            start = time.perf_counter()
+            status = None
+            try:
+                return await work()
+            except ServeError as exc:
+                status = exc.status
+                return _error(exc.status, exc.message)
+            except Exception as exc:
+                status = 500
+                log.exception("%s failed", endpoint)
+                return _error(500, f"unexpected {type(exc).__name__}: {exc} — see the server log")
+            finally:
+                metrics.observe(
+                    "rest",
+                    endpoint,
+                    dataplane.metric_model(name),
+                    time.perf_counter() - start,
+                    status,
+                )
+
+        return timed()
+
+    # ---- health and metadata
+
+    @app.get("/v2/health/live", tags=["health"])
+    async def server_live() -> Response:
+        return _json({"live": dataplane.live()})
+
+    @app.get("/v2/health/ready", tags=["health"], responses={503: {"description": "Not ready."}})
+    async def server_ready() -> Response:
+        ready = dataplane.ready()
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    @app.get("/v2", tags=["metadata"])
+    async def server_metadata() -> Response:
+        return _json(dataplane.server_metadata())
+
+    async def model_metadata(name: str, version: str | None) -> Response:
+        async def work() -> Response:
+            return _json(dataplane.model_metadata(name, version))
+
+        return await answer("model_metadata", name, work)
+
+    async def model_ready(name: str, version: str | None) -> Response:
+        async def work() -> Response:
+            ready = dataplane.model_ready(name, version)
+            return _json({"name": name, "ready": ready}, 200 if ready else 503)
+
+        return await answer("model_ready", name, work)
+
+    async def infer(name: str, version: str | None, request: Request) -> Response:
+        async def work() -> Response:
+            dataplane.check_model(name, version)  # an unknown model is a 404 whatever the body
+            body = await request.body()
+            infer_request, binary_default = parse_infer_request(
+                body, request.headers.get(HEADER_LENGTH)
+            )
+            response = await dataplane.infer(name, version, infer_request)
+            content, headers = encode_infer_response(response, binary_default)
+            media = "application/octet-stream" if headers else JSON
+            return Response(content, media_type=media, headers=headers)
+
+        return await answer("infer", name, work)
+
+    @app.get("/v2/models/{name}", tags=["metadata"], responses=ERRORS)
+    async def get_model(name: str) -> Response:
+        return await model_metadata(name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"], responses=ERRORS)
+    async def get_model_version(name: str, version: str) -> Response:
+        return await model_metadata(name, version)
+
+    @app.get("/v2/models/{name}/ready", tags=["health"], responses=ERRORS)
+    async def get_model_ready(name: str) -> Response:
+        return await model_ready(name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["health"], responses=ERRORS)
+    async def get_model_version_ready(name: str, version: str) -> Response:
+        return await model_ready(name, version)
+
+    infer_docs: dict[str, Any] = {
+        "tags": ["inference"],
+        "response_model": InferenceResponse,
+        "responses": ERRORS,
+        "openapi_extra": _body(InferenceRequest),
+    }
+
+    @app.post("/v2/models/{name}/infer", **infer_docs)
+    async def post_infer(name: str, request: Request) -> Response:
+        """Score N rows: one input per feature (content_type pd) or one [N, n_features] tensor."""
+        return await infer(name, None, request)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", **infer_docs)
+    async def post_infer_version(name: str, version: str, request: Request) -> Response:
+        """The same, insisting on the model's version (its model_version)."""
+        return await infer(name, version, request)
+
+    # ---- the simple endpoints clients of seed-style apps call
+
+    @app.post(
+        "/predict",
+        tags=["simple"],
+        response_model=PredictResponse,
+        responses=ERRORS,
+        openapi_extra=_body(PredictRequest),
+    )
+    async def predict(request: Request) -> Response:
+        """One row in, its prediction (and probability) out."""
+
+        async def work() -> Response:
+            document = _parse_object(await request.body())
+            if not isinstance(document.get("features"), dict):
+                raise ServeError('expected {"features": {feature: value, ...}}')
+            rows = await _simple_outputs(dataplane, [document["features"]], "features")
+            return _json(
+                {
+                    "prediction": rows["predictions"][0],
+                    "probability": rows["probabilities"][0] if rows["probabilities"] else None,
+                    "model_version": dataplane.version,
+                }
+            )
+
+        return await answer("predict", dataplane.name, work)
+
+    @app.post(
+        "/batch_predict",
+        tags=["simple"],
+        response_model=BatchPredictResponse,
+        responses=ERRORS,
+        openapi_extra=_body(BatchPredictRequest),
+    )
+    async def batch_predict(request: Request) -> Response:
+        """Rows in, their predictions (and probabilities) out, in order."""
+
+        async def work() -> Response:
+            document = _parse_object(await request.body())
+            if not isinstance(document.get("instances"), list):
+                raise ServeError('expected {"instances": [{feature: value, ...}, ...]}')
+            rows = await _simple_outputs(dataplane, document["instances"], "instance")
+            return _json({**rows, "model_version": dataplane.version})
+
+        return await answer("batch_predict", dataplane.name, work)
+
+    @app.get(
+        "/health",
+        tags=["health"],
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse}},
+    )
+    async def health() -> Response:
+        ready = dataplane.ready()
+        status = "healthy" if ready else "unavailable"
+        return _json({"status": status, "model_loaded": ready}, 200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in BODY_SCHEMAS:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    if access_log:
+        app.add_middleware(AccessLog)
+    return app
+
+
+class AccessLog:
+    """One log record per request: method, path, status, duration (JSON with --log-format json)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_and_note(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            client = scope.get("client")
+            entry = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status[0],
+                "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                "client": f"{client[0]}:{client[1]}" if client else None,
+            }
+            access.info(
+                "%s %s %s %.3fms",
+                entry["method"],
+                entry["path"],
+                entry["status"],
+                entry["duration_ms"],
+                extra={"access": entry},
+            )
+
+
+# ---------------------------------------------------------------- JSON <-> data plane
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRequest, bool]:
+    """An OIP request body (JSON, or JSON + binary tensors) as an InferRequest.
+
+    Also returns whether outputs default to binary (``parameters.binary_data_output``).
+    """
+    binary = b""
+    if header_length is not None:
+        try:
+            split = int(header_length)
+        except ValueError:
+            raise ServeError(
+                f"Inference-Header-Content-Length {header_length!r} is not a number"
+            ) from None
+        body, binary = body[:split], body[split:]
+    document = _parse_object(body)
+    tensors = document.get("inputs")
+    if not isinstance(tensors, list):
+        raise ServeError('the request has no "inputs" list — see the OIP request format at /docs')
+    inputs, offset = [], 0
+    for index, tensor in enumerate(tensors):
+        if not isinstance(tensor, dict):
+            raise ServeError(f"inputs[{index}] is not an object with name, shape, datatype, data")
+        name = tensor.get("name")
+        shape = tensor.get("shape")
+        datatype = tensor.get("datatype")
+        if not isinstance(name, str):
+            raise ServeError(f"inputs[{index}] has no name — name each input after its feature")
+        if not isinstance(datatype, str):
+            raise ServeError(f'input {name!r} has no datatype — add e.g. "datatype": "FP64"')
+        if not isinstance(shape, list):
+            raise ServeError(f'input {name!r} has no shape — add e.g. "shape": [N]')
+        parameters = tensor.get("parameters") or {}
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or offset + size > len(binary):
+                raise ServeError(
+                    f"input {name!r}: binary_data_size {size!r} runs past the request's "
+                    "binary data — check Inference-Header-Content-Length"
+                )
+            data = from_binary(name, datatype.upper(), shape, binary[offset : offset + size])
+            offset += size
+        elif "data" in tensor:
+            data = tensor["data"]
+        else:
+            raise ServeError(f'input {name!r} has no "data" — add its values')
+        inputs.append(Tensor(name, datatype, shape, data, parameters))
+    outputs = None
+    if document.get("outputs") is not None:
+        requested = document["outputs"]
+        if not isinstance(requested, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+        ):
+            raise ServeError('"outputs" must be a list of {"name": ...} objects')
+        outputs = [RequestedOutput(o["name"], o.get("parameters") or {}) for o in requested]
+    parameters = document.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ServeError('"parameters" must be an object')
+    request_id = document.get("id")
+    request = InferRequest(
+        inputs, outputs, parameters, None if request_id is None else str(request_id)
+    )
+    return request, bool(parameters.get("binary_data_output"))
+
+
+def encode_infer_response(
+    response: InferResponse, binary_default: bool = False
+) -> tuple[bytes, dict[str, str]]:
+    """The response body, and the headers binary outputs need (none for plain JSON)."""
+    outputs, chunks = [], []
+    for output in response.outputs:
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": output.shape,
+        }
+        if output.parameters.get("binary_data", binary_default):
+            raw = to_binary(output.datatype, output.data)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = output.data
+        outputs.append(entry)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.id is not None:
+        document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = response.parameters
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, {}
+    return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}
+
+
+async def _simple_outputs(
+    dataplane: DataPlane, records: Any, what: str
+) -> dict[str, list[Any] | None]:
+    """Predictions and probabilities of ``/predict`` and ``/batch_predict``, row by row."""
+    request = request_from_records(records, dataplane.model.contract, what)
+    response = await dataplane.infer(dataplane.name, None, request)
+    values = {output.name: _plain(output.data) for output in response.outputs}
+    plan = dataplane.model.outputs.columns
+    labels = [c.name for c in plan if c.method == "predict"]
+    probabilities = [c.name for c in plan if c.method == "predict_proba"]
+    rows = len(next(iter(values.values())))
+    if len(labels) == 1:
+        predictions = values[labels[0]]
+    else:
+        predictions = [{n: values[n][i] for n in labels} for i in range(rows)]
+    if not probabilities:
+        return {"predictions": predictions, "probabilities": None}
+    if len(probabilities) == 1:
+        return {"predictions": predictions, "probabilities": values[probabilities[0]]}
+    prefix = dataplane.spec.columns.probability + "_"
+    return {
+        "predictions": predictions,
+        "probabilities": [
+            {n.removeprefix(prefix): values[n][i] for n in probabilities} for i in range(rows)
+        ],
+    }
+
+
+def _plain(data: Any) -> list[Any]:
+    return data.tolist() if hasattr(data, "tolist") else list(data)
+
+
+def _parse_object(body: bytes) -> dict[str, Any]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:  # NaN and Infinity, as Python's json module writes them by default
+            document = json.loads(body)
+        except ValueError:
+            raise ServeError(
+                f"the request body is not valid JSON ({exc}) — send a JSON object"
+            ) from None
+    if not isinstance(document, dict):
+        raise ServeError(f"the request body is a JSON {type(document).__name__}, not an object")
+    return document
+
+
+def _json(document: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type=JSON
+    )
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
