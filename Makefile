@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench lint lock sample-data clean
+.PHONY: install run test bench bench-serve lint lock sample-data clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 ## Speed and memory figures as ratios against bounds measured in the same run.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+
+## `batch-infer serve` under load (wrk, Debian) against the seed-style FastAPI app and MLServer.
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/bench_serve.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check batch_infer tests scripts deploy/airflow benchmarks

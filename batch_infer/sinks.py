@@ -374,7 +374,8 @@ def stage_empty(target: OutputTarget, schema: pa.Schema, partition_by: list[str]
     target.fs.makedirs(target.staging, exist_ok=True)
     with target.fs.open(storage.join(target.staging, relative + STAGED_SUFFIX), "wb") as handle:
         pq.write_table(file_schema.empty_table(), handle)
-    return OutputFile(relative, 0)
+        size = handle.tell()
+    return OutputFile(relative, 0, size)
 
 
 def commit(

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_infer import OutputConflictError, run, validate
+from batch_infer.model.rowwise import as_scored
 
 from .conftest import FEATURES, churn_table, make_config, read_output, write_parquet
 
@@ -107,7 +108,7 @@ def test_files_with_different_column_order_are_aligned(tmp_path, trained_models)
     run(make_config(tmp_path / "in", out, trained_models["binary"]))
     scored = read_output(out).sort_by("customer_id")
     assert scored.select(table.column_names).equals(table)
-    model = joblib.load(trained_models["binary"])
+    model = as_scored(joblib.load(trained_models["binary"]))
     expected = model.predict_proba(table.to_pandas()[FEATURES])[:, 1]
     assert np.array_equal(scored.column("probability").to_numpy(), expected)
 
@@ -132,7 +133,7 @@ def test_numeric_feature_types_are_converted(tmp_path, trained_models):
     source = write_parquet(table, tmp_path / "in.parquet")
     out = tmp_path / "out"
     run(make_config(source, out, trained_models["binary"]))
-    model = joblib.load(trained_models["binary"])
+    model = as_scored(joblib.load(trained_models["binary"]))
     frame = table.to_pandas()
     frame["tenure"] = frame["tenure"].astype("float64")
     expected = model.predict_proba(frame[FEATURES].astype("float64"))[:, 1]
@@ -233,7 +234,9 @@ def test_zero_row_file_commits_empty_output(tmp_path, trained_models):
     assert report.rows_out == 0
     assert (tmp_path / "out" / "_SUCCESS").exists()
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert manifest["files"] == [{"path": "part-empty-0.parquet", "rows": 0}]
+    [entry] = manifest["files"]
+    assert (entry["path"], entry["rows"]) == ("part-empty-0.parquet", 0)
+    assert entry["bytes"] == (tmp_path / "out" / "part-empty-0.parquet").stat().st_size
     scored = read_output(tmp_path / "out")  # readers still see the columns
     assert scored.num_rows == 0
     assert {"customer_id", "prediction", "probability_young"} <= set(scored.column_names)

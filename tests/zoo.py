@@ -449,6 +449,9 @@ def expected_outputs(
     ``probability`` = proba[:, 1], else ``probability_<class>``; decision_function -> 1-D:
     ``decision``, 2-D: ``decision_<class>``; score_samples -> ``score``.
     """
+    from batch_infer.model.rowwise import as_scored
+
+    model = as_scored(model)  # the model as batch-infer calls it (row-independent scoring)
     X = frame[model_features(model, features)]
     out: dict[str, np.ndarray] = {}
     for method in methods or default_methods(model):

@@ -123,6 +123,9 @@ def create_app(dataplane: DataPlane, access_log: bool = False) -> FastAPI:
         version=dataplane.server_version,
         description="The model's predictions over the Open Inference Protocol (KServe V2), "
         "identical to what `batch-infer run` writes for the same rows.",
+        # FastAPI's OpenTelemetry hooks read the environment on every request: measured 3-10%
+        # of a request's CPU under load (make bench-serve, py-spy); we export our own metrics
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     metrics = dataplane.metrics
 
