@@ -421,8 +421,18 @@ def _note_statistics(
     if columns is None:
         return
     merged = RunStatistics(*columns)
+    unreadable = 0
     for sketch in sketches:
-        merged.merge(RunStatistics.from_dict(sketch))
+        try:
+            merged.merge(RunStatistics.from_dict(sketch))
+        except (KeyError, ValueError, TypeError):  # staged by another batch-infer version
+            unreadable += 1
+    if unreadable:
+        log.warning(
+            "the statistics of %d resumed row group(s) are unreadable; the report's statistics "
+            "cover the others",
+            unreadable,
+        )
     facts.statistics = merged.to_dict()
     facts.rejected_by_reason = dict(facts.statistics["rejects_by_reason"]["top"])
 

@@ -357,7 +357,9 @@ def measure_case(case: Case, runs: int) -> dict:
         ours_compiled = run("compiled", outputs["compiled"])
     ours_snappy = run("sklearn", SCRATCH / "bi-snappy", SNAPPY_ENV) if case.snappy else None
     # the report's statistics (sketches computed while scoring) cost: the same run without them
-    ours_nostats = run("sklearn", SCRATCH / "bi-nostats", NO_STATISTICS_ENV) if case.snappy else None
+    ours_nostats = (
+        run("sklearn", SCRATCH / "bi-nostats", NO_STATISTICS_ENV) if case.snappy else None
+    )
     shutil.rmtree(SCRATCH / "bi-nostats", ignore_errors=True)
     dask = measure_dask(case, data, args, runs) if case.key in DASK_CASES else None
     codecs = {runtime: output_codec(out) for runtime, out in outputs.items()}
