@@ -254,7 +254,8 @@ def _assert_exactly_committed(target, files, replaced) -> None:
     assert found.pop(sinks.SUCCESS) == b""
     assert found == {f.path: _content(f.path) for f in files}
     assert manifest["files"] == [
-        {"path": f.path, "rows": f.rows} for f in sorted(files, key=lambda f: f.path)
+        {"path": f.path, "rows": f.rows, "bytes": f.bytes}
+        for f in sorted(files, key=lambda f: f.path)
     ]
     assert manifest["rows_committed"] == sum(f.rows for f in files)
     assert manifest["superseded"] == sorted(f.path for f in replaced)

@@ -23,6 +23,7 @@ from batch_infer import run
 from batch_infer.cli import app
 from batch_infer.config import ModelConfig
 from batch_infer.model import load_model
+from batch_infer.model.rowwise import as_scored
 
 from .conftest import make_config, read_output
 from .test_bad_input import BAD_INPUT, MODEL, USAGE, assert_fails
@@ -118,6 +119,7 @@ def test_inspect_shows_contract_and_methods(mixed_model):
 
 def test_mixed_model_scores_like_the_notebook_and_manifest_records_contract(tmp_path, mixed_model):
     path, model = mixed_model
+    model = as_scored(model)  # as batch-infer calls it: row-independent (model/rowwise.py)
     frame = _frame(400, seed=1)
     source = _write(tmp_path, frame)
     out = tmp_path / "out"
