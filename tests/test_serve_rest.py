@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from batch_infer.serve.cache import LRUCache
 
@@ -545,6 +546,17 @@ def test_two_workers_share_the_ports_and_stop_cleanly(tmp_path):
                 )
             )
         assert codes == [200] * 40
+        # whichever worker takes the scrape, /metrics counts the requests of both
+        for _ in range(6):
+            text = httpx.get(f"{running.url}/metrics", timeout=10).text
+            answered = [
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "batch_infer_serve_requests_total"
+                and sample.labels["endpoint"] == "infer"
+            ]
+            assert sum(answered) == 40
         import tritonclient.grpc as triton_grpc
 
         grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{running.grpc_port}")

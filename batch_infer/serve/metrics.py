@@ -1,10 +1,14 @@
 """The server's Prometheus metrics, shared by REST and gRPC: both record into one ``ServeMetrics``.
 
-Each server process has its own registry (``/metrics`` answers for the process that took the
-scrape), so tests and several data planes in one process never collide.
+Each data plane has its own registry, so tests and several data planes in one process never
+collide. With ``--workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` for its workers:
+their values go to files there, and ``/metrics`` answers with the sum over all workers,
+whichever worker took the scrape (prometheus_client's multiprocess mode).
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -83,6 +87,7 @@ class ServeMetrics:
             "Requests waiting for the model.",
             ["model"],
             registry=self.registry,
+            multiprocess_mode="livesum",  # with several workers: the sum over the live ones
         )
         self.cache_hits = Counter(
             "batch_infer_serve_cache_hits",
@@ -114,4 +119,11 @@ class ServeMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, for a ``/metrics`` endpoint."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not shared:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=shared)
+        return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -177,6 +178,7 @@ def _supervise(config: ServeConfig, log_format: str, access_log: bool) -> int:
 
     context = multiprocessing.get_context("spawn")
     document = config.model_dump(mode="json")
+    shared_metrics = _shared_metrics_folder()
     workers = [
         context.Process(
             target=_worker_main,
@@ -211,6 +213,20 @@ def _supervise(config: ServeConfig, log_format: str, access_log: bool) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
+
+
+def _shared_metrics_folder() -> str | None:
+    """A fresh folder for the workers' metric values (inherited through the environment), so
+    ``/metrics`` sums all workers; None when the caller set PROMETHEUS_MULTIPROC_DIR already."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="batch-infer-serve-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    return folder
 
 
 def _exit_code(code: int | None) -> int:
