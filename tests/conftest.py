@@ -131,3 +131,27 @@ def sample_df() -> pd.DataFrame:
     return pd.concat(
         [pq.read_table(p).to_pandas() for p in sorted((SAMPLE / "churn").rglob("*.parquet"))]
     )
+
+
+def run_sample_cli(sample: Path, tmp_path: Path, *extra: str, input_path: Path | None = None):
+    """`batch-infer run` of the sample's pipeline into ``tmp_path/scores`` for 2026-01-05,
+    through typer's runner (in process), with ``extra`` flags."""
+    from typer.testing import CliRunner
+
+    from batch_infer.cli import app
+
+    return CliRunner().invoke(
+        app,
+        [
+            "run",
+            "-i",
+            str(input_path or sample / "churn"),
+            "-m",
+            str(sample / "models" / "pipeline.joblib"),
+            "-o",
+            str(tmp_path / "scores"),
+            "--run-date",
+            "2026-01-05",
+            *extra,
+        ],
+    )

@@ -12,11 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
 
 import pytest
-from typer.testing import CliRunner
 
-from batch_infer.cli import app
 from batch_infer.observe import lineage
 from batch_infer.observe.facts import RunFacts
+
+from .conftest import run_sample_cli
 
 STARTED = 1_780_000_000.0
 SPEC = "https://openlineage.io/spec/"
@@ -227,26 +227,9 @@ def test_a_receiver_that_is_down_is_a_warning(caplog):
 
 # batch-infer run sends them -----------------------------------------------------------------------
 
-runner = CliRunner()
-
 
 def run_cli(sample, tmp_path, url, input_path=None):
-    return runner.invoke(
-        app,
-        [
-            "run",
-            "-i",
-            str(input_path or sample / "churn"),
-            "-m",
-            str(sample / "models" / "pipeline.joblib"),
-            "-o",
-            str(tmp_path / "scores"),
-            "--run-date",
-            "2026-01-05",
-            "--openlineage-url",
-            url,
-        ],
-    )
+    return run_sample_cli(sample, tmp_path, "--openlineage-url", url, input_path=input_path)
 
 
 def test_run_sends_start_and_complete(sample_copy, tmp_path, receiver):

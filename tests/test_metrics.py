@@ -17,14 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from typer.testing import CliRunner
 
-from batch_infer.cli import app
 from batch_infer.errors import ConfigError
 from batch_infer.observe import metrics
 from batch_infer.observe.facts import RunFacts
 
-from .conftest import churn_table, write_parquet
+from .conftest import churn_table, run_sample_cli, write_parquet
 
 PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
 STARTED = 1_780_000_000.0
@@ -287,25 +285,9 @@ def test_a_gateway_that_is_down_is_a_warning(caplog, gateway, shown):
 
 # batch-infer run publishes ------------------------------------------------------------------------
 
-runner = CliRunner()
-
 
 def run_cli(sample: Path, tmp_path: Path, *extra: str, input_path: Path | None = None):
-    return runner.invoke(
-        app,
-        [
-            "run",
-            "-i",
-            str(input_path or sample / "churn"),
-            "-m",
-            str(sample / "models" / "pipeline.joblib"),
-            "-o",
-            str(tmp_path / "scores"),
-            "--run-date",
-            "2026-01-05",
-            *extra,
-        ],
-    )
+    return run_sample_cli(sample, tmp_path, *extra, input_path=input_path)
 
 
 def test_run_publishes_a_committed_run(sample_copy, tmp_path, pushgateway):
