@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fsspec
@@ -97,6 +97,7 @@ class _Prepared:
     fingerprint: dict[str, Any]
     engine_stats: Any = None  # engines.dask.DaskStats when the Dask engine scored
     facts: RunFacts | None = None
+    resumed_statistics: list[dict[str, Any]] = field(default_factory=list)  # of staged fragments
 
     @property
     def own_prefixes(self) -> set[str]:
@@ -385,9 +386,7 @@ def _score(
         facts.rows_rejected = budget.count  # also when the reject limit stopped the run
 
     files = [f for name in done for f in done[name]] + [f for _, s in results for f in s.files]
-    sketches = sinks.recorded_statistics(target, set(done)) + [
-        s.statistics for _, s in results if s.statistics
-    ]
+    sketches = prepared.resumed_statistics + [s.statistics for _, s in results if s.statistics]
     _note_statistics(facts, job.statistics, sketches)
     rows = sum(f.rows for f in files)  # scored and rejected
     if rows != plan.total_rows:  # a row lost or doubled is a bug, never a result
@@ -545,7 +544,9 @@ def _resume(prepared: _Prepared) -> tuple[dict[str, Any], dict[str, list[sinks.O
         record["inherited_manifest"] = inherited_manifest or record.get("inherited_manifest")
         sinks.write_run_record(target, record)
     names = {f.name for f in prepared.plan.fragments}
-    done = {n: files for n, files in sinks.recorded_fragments(target).items() if n in names}
+    records = {n: r for n, r in sinks.recorded_fragments(target).items() if n in names}
+    done = {n: r.files for n, r in records.items()}
+    prepared.resumed_statistics = [r.statistics for r in records.values() if r.statistics]
     sinks.discard_unrecorded(target, set(done))
     log.info("resuming run %s: %d row group(s) already staged", record["run_id"], len(done))
     return record, done

@@ -547,9 +547,17 @@ def record_fragment(
     )
 
 
-def recorded_fragments(target: OutputTarget) -> dict[str, list[OutputFile]]:
+@dataclass(frozen=True)
+class FragmentRecord:
+    """What a finished fragment left: its staged files, and the statistics of its rows."""
+
+    files: list[OutputFile]
+    statistics: dict[str, Any] | None = None
+
+
+def recorded_fragments(target: OutputTarget) -> dict[str, FragmentRecord]:
     """Fragments a previous attempt with the same staging key finished."""
-    done: dict[str, list[OutputFile]] = {}
+    done: dict[str, FragmentRecord] = {}
     fs = target.fs
     for path in fs.glob(storage.join(target.staging, DONE, "*.json")):
         try:
@@ -557,23 +565,9 @@ def recorded_fragments(target: OutputTarget) -> dict[str, list[OutputFile]]:
         except (OSError, ValueError):
             continue  # half-written record: redo that fragment
         name = posixpath.basename(path).removesuffix(".json")
-        done[name] = [OutputFile(f["path"], f["rows"], f.get("bytes", 0)) for f in record["files"]]
+        files = [OutputFile(f["path"], f["rows"], f.get("bytes", 0)) for f in record["files"]]
+        done[name] = FragmentRecord(files, record.get("statistics"))
     return done
-
-
-def recorded_statistics(target: OutputTarget, names: set[str]) -> list[dict[str, Any]]:
-    """The statistics a previous attempt recorded for the fragments ``names`` (resumed)."""
-    found = []
-    for name in sorted(names):
-        try:
-            record = json.loads(
-                target.fs.cat_file(storage.join(target.staging, DONE, f"{name}.json"))
-            )
-        except (OSError, ValueError):
-            continue
-        if record.get("statistics"):
-            found.append(record["statistics"])
-    return found
 
 
 def discard_unrecorded(target: OutputTarget, done: set[str]) -> None:

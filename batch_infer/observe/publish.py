@@ -180,42 +180,39 @@ def _statistics_from_data(fs: Any, root: str, manifest: dict[str, Any]) -> dict[
     """Sketch a committed output by reading it (outputs written before statistics existed)."""
     import pyarrow.parquet as pq
 
-    from .. import storage
+    from .. import sinks, storage
     from .statistics import RunStatistics
 
-    model = manifest.get("model") or {}
+    features = list((manifest.get("model") or {}).get("features") or [])
     columns = manifest.get("config", {}).get("output", {}).get("columns", {})
-    skip = {
-        columns.get("predicted_at", "predicted_at"),
-        columns.get("model_version", "model_version"),
-    }
-    features = list(model.get("features") or [])
     stats: RunStatistics | None = None
-    for entry in manifest.get("files", []) + manifest.get("rejects", []):
-        path = storage.join(root, entry["path"])
-        with fs.open(path, "rb") as handle:
+    for entry in manifest.get("files", []) + manifest.get("rejects", []):  # data files first
+        rejects = sinks.is_reject_file(entry["path"])
+        with fs.open(storage.join(root, entry["path"]), "rb") as handle:
             parquet = pq.ParquetFile(handle)
-            if stats is None and not entry["path"].startswith("_rejects/"):
-                names = parquet.schema_arrow.names
-                outputs = [n for n in names if n not in features and n not in skip]
-                outputs = [n for n in outputs if n in _added_columns(manifest, names)]
-                base = columns.get("probability", "probability")
-                probabilities = [n for n in outputs if n == base or n.startswith(f"{base}_")]
-                stats = RunStatistics(
-                    features, outputs, manifest.get("partition_by") or [], probabilities
-                )
+            if stats is None and not rejects:
+                outputs = _added_columns(columns, parquet.schema_arrow.names, features)
+                probabilities = _added_columns(columns, outputs, [], ("probability",))
+                partition_by = manifest.get("partition_by") or []
+                stats = RunStatistics(features, outputs, partition_by, probabilities)
             if stats is None:
                 continue
+            add = stats.add_rejected if rejects else stats.add_scored
             for batch in parquet.iter_batches(batch_size=65_536):
-                if entry["path"].startswith("_rejects/"):
-                    stats.add_rejected(batch)
-                else:
-                    stats.add_scored(batch)
+                add(batch)
     return stats.to_dict() if stats is not None else {}
 
 
-def _added_columns(manifest: dict[str, Any], names: list[str]) -> set[str]:
-    """The model's output columns among a committed file's columns (named in the config)."""
-    columns = manifest.get("config", {}).get("output", {}).get("columns", {})
-    bases = [columns.get(k, k) for k in ("prediction", "probability", "decision", "score")]
-    return {n for n in names if any(n == b or n.startswith(f"{b}_") for b in bases)}
+def _added_columns(
+    columns: dict[str, str],
+    names: list[str],
+    features: list[str],
+    kinds: tuple[str, ...] = ("prediction", "probability", "decision", "score"),
+) -> list[str]:
+    """The model's output columns (of these kinds, as the config named them) among ``names``."""
+    bases = [columns.get(kind, kind) for kind in kinds]
+    return [
+        n
+        for n in names
+        if n not in features and any(n == b or n.startswith(f"{b}_") for b in bases)
+    ]
