@@ -18,6 +18,10 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_data"
 FEATURES = ["age", "tenure", "monthly_charges", "total_charges"]
 
+# ci_rules: under CI=true a skipped test fails, naming what was missing (see its docstring).
+# pytester: for testing that rule on a tiny test file (tests/test_ci_rules.py).
+pytest_plugins = ["tests.ci_rules", "pytester"]
+
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
