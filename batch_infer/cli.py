@@ -520,22 +520,18 @@ def _load(config_file: Path | None, overrides: dict[str, Any]) -> Any:
     from .config import load_config
 
     config = load_config(config_file, overrides)
-    secrets = redaction.secret_values(
-        [config.input.storage_options, config.model.storage_options, config.output.storage_options]
-    )
-    redaction.install(secrets)
-    _SECRETS.update(secrets)
+    redaction.remember_config(config.model_dump(mode="json"))
+    redaction.install()
     return config
 
 
-_SECRETS: set[str] = set()  # masked in error lines and tracebacks too
-
-
 def _emit(report: Any, output_format: OutputFormat, quiet: bool) -> None:
+    from .redaction import redact_data, redact_text
+
     if output_format is OutputFormat.json:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(json.dumps(redact_data(report.to_dict())))
     elif not quiet:
-        typer.echo(report.summary())
+        typer.echo(redact_text(report.summary()))
 
 
 class _errors:
@@ -550,39 +546,15 @@ class _errors:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or isinstance(exc, typer.Exit | SystemExit):
             return False
-        from .errors import BatchInferError, first_line
+        from .errors import explain
 
         if self.verbose:
-            from .redaction import redact
+            from .redaction import redact_text
 
             text = "".join(traceback.format_exception(exc_type, exc, tb))
-            sys.stderr.write(redact(text, _SECRETS))
-        if isinstance(exc, KeyboardInterrupt):
-            _fail(
-                "interrupted by SIGINT (Ctrl-C); nothing was committed",
-                "rerun the same command to resume where it stopped",
-                130,
-            )
-        if isinstance(exc, BatchInferError):
-            _fail(exc.what, exc.fix, exc.exit_code)
-        from .storage import translate
-
-        known = translate(exc)  # object store failures: temporary (75) or credentials (2)
-        if known is not None:
-            _fail(known.what, known.fix, known.exit_code)
-        cause = exc.__cause__ or exc
-        if type(cause).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
-            _fail(
-                f"object store error {type(cause).__name__}: {first_line(exc)}",
-                "check the endpoint (AWS_ENDPOINT_URL or storage_options) and the paths; "
-                "nothing was committed",
-                1,
-            )
-        _fail(
-            f"unexpected {type(exc).__name__}: {first_line(exc)}",
-            "rerun with --verbose for the traceback and report it; nothing was committed",
-            1,
-        )
+            sys.stderr.write(redact_text(text))
+        known = explain(exc)
+        _fail(known.what, known.fix, known.exit_code)
 
 
 def main() -> None:
@@ -652,10 +624,10 @@ def _stop_on_sigterm() -> None:
 
 
 def _fail(what: str, fix: str, code: int) -> NoReturn:
-    from .redaction import redact
+    from .redaction import redact_text
 
     line = f"Error: {what} — {fix}" if fix else f"Error: {what}"
-    sys.stderr.write(redact(line, _SECRETS) + "\n")
+    sys.stderr.write(redact_text(line) + "\n")
     sys.stderr.flush()
     raise typer.Exit(code)
 

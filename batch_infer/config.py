@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .redaction import redact_data
 
 ENV_PREFIX = "BATCH_INFER_"
 
@@ -244,12 +245,8 @@ class RunConfig(_Section):
         return self.output.path.replace("{run_date}", self.run_date.isoformat())
 
     def redacted(self) -> dict[str, Any]:
-        """The config as plain data with every storage option value hidden (for manifests, logs)."""
-        data = self.model_dump(mode="json")
-        for section in ("input", "model", "output"):
-            options = data[section].get("storage_options") or {}
-            data[section]["storage_options"] = {key: "***" for key in options}
-        return data
+        """The config as plain data with every secret masked (for manifests, reports, logs)."""
+        return redact_data(self.model_dump(mode="json"))
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 
-from . import failpoints, lock, sinks, sources, storage
+from . import failpoints, lock, redaction, sinks, sources, storage
 from .config import OutputConfig, RunConfig
 from .errors import (
     BatchInferError,
@@ -32,6 +32,7 @@ from .errors import (
     ModelError,
     OutputConflictError,
     first_line,
+    from_store,
 )
 from .executor import available_cores, library_threads, run_parallel
 from .logs import RUN_ID
@@ -39,6 +40,7 @@ from .model import LoadedModel, load_model
 from .model.contract import type_problem
 from .observe.facts import RunFacts
 from .progress import NoProgress, Progress
+from .redaction import redact_data, redact_url
 from .report import RunReport, ValidationReport
 from .scoring import (
     REJECT_FIELDS,
@@ -126,6 +128,7 @@ def run(
     """
     from .observe.publish import output_name, published
 
+    redaction.remember_config(config.model_dump(mode="json"))  # masked wherever they appear
     facts = facts or RunFacts(job=output_name(config.output.path))
     with published(config, facts), _store_errors():
         return _run(config, progress, cancel, facts)
@@ -143,7 +146,7 @@ def _store_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        translated = storage.translate(exc)
+        translated = from_store(exc)
         if translated is None:
             raise
         raise translated from exc
@@ -892,7 +895,7 @@ def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -
 
     model = prepared.model
     plan = prepared.plan
-    return {
+    manifest = {
         "run_id": run_id,
         "committed_at": dt.datetime.now(dt.UTC).isoformat(),
         "run_date": prepared.config.run_date.isoformat() if prepared.config.run_date else None,
@@ -926,6 +929,7 @@ def _manifest(prepared: _Prepared, run_id: str, files: list[sinks.OutputFile]) -
         "files": [{"path": f.path, "rows": f.rows, "bytes": f.bytes} for f in files],
         **_observed(prepared),
     }
+    return redact_data(manifest)
 
 
 def _observed(prepared: _Prepared) -> dict[str, Any]:
@@ -944,9 +948,7 @@ def _engine_facts(prepared: _Prepared) -> dict[str, Any]:
     stats = prepared.engine_stats
     facts: dict[str, Any] = {"engine": prepared.config.engine.kind}
     if stats is not None:
-        import re
-
-        facts["scheduler"] = re.sub(r"//[^/@]*@", "//***@", stats.scheduler)
+        facts["scheduler"] = redact_url(stats.scheduler)
         facts["workers_used"] = len(stats.workers)
         facts["task_retries"] = stats.task_retries
         facts["worker_peak_rss_mib"] = stats.worker_peak_rss_mib

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .config import InputConfig
-from .errors import InputError, first_line
+from .errors import InputError, first_line, from_store
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 BATCH_BYTES = 64 * 1024 * 1024  # decoded bytes per batch when no batch size is configured
@@ -179,7 +179,7 @@ def read_fragment(
         ):
             yield _conform(batch, schema, file, partition_schema)
     except (pa.ArrowException, OSError) as exc:
-        if (store_error := storage.translate(exc)) is not None:
+        if (store_error := from_store(exc)) is not None:
             raise store_error from None
         raise InputError(
             f"cannot read {fragment.describe()}: {first_line(exc)}",
@@ -264,7 +264,7 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
     try:
         return pq.ParquetFile(path, filesystem=storage.arrow_filesystem(fs)).metadata
     except (pa.ArrowException, OSError) as exc:
-        if (store_error := storage.translate(exc)) is not None:
+        if (store_error := from_store(exc)) is not None:
             raise store_error from None
         raise InputError(
             f"{url} is not a readable Parquet file: {first_line(exc)}",

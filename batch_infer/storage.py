@@ -11,7 +11,6 @@ credentials (exit 2).
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -24,11 +23,10 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import (
-    BatchInferError,
     ConfigError,
-    CredentialsError,
     StorageUnavailable,
     first_line,
+    from_store,
 )
 
 log = logging.getLogger(__name__)
@@ -184,7 +182,7 @@ def _s3_filesystem_class() -> type:
                 except FileNotFoundError:
                     return False
                 except Exception as exc:
-                    if isinstance(translate(exc), StorageUnavailable):
+                    if isinstance(from_store(exc), StorageUnavailable):
                         raise
             return await super()._exists(path)
 
@@ -234,192 +232,6 @@ def abort_multipart_uploads(fs: fsspec.AbstractFileSystem, prefix: str) -> int:
             "UploadIdMarker": page.get("NextUploadIdMarker", ""),
         }
     return aborted
-
-
-# -- object store failures -> our errors ------------------------------------------------------
-
-_STORE_MODULES = ("botocore", "aiobotocore", "s3fs", "aiohttp")
-# refused credentials: retrying cannot help, the configuration must change
-_CREDENTIAL_CODES = {
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "AccessDenied",
-    "AllAccessDisabled",
-    "InvalidToken",
-    "ExpiredToken",
-    "TokenRefreshRequired",
-    "InvalidClientTokenId",
-    "UnrecognizedClientException",
-    "403",  # a HEAD request's 403 carries no body, hence no code
-    "401",
-}
-_CREDENTIAL_EXCEPTIONS = (
-    "NoCredentialsError",
-    "PartialCredentialsError",
-    "CredentialRetrievalError",
-    "UnauthorizedSSOTokenError",
-    "TokenRetrievalError",
-    "SSOTokenLoadError",
-    "ProfileNotFound",
-)
-_THROTTLING = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "BandwidthLimitExceeded",
-    "429",
-    "503",
-}
-# the store is overloaded or unwell: it may work later
-_TEMPORARY_CODES = _THROTTLING | {
-    "ServiceUnavailable",
-    "InternalError",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "PriorRequestNotComplete",
-    "OperationAborted",
-    "500",
-    "502",
-    "504",
-}
-_TEMPORARY_STATUS = {429, 500, 502, 503, 504}
-_TIMEOUTS = {
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "ReadTimeoutError",
-    "ConnectTimeoutError",
-    "ServerTimeoutError",
-    "FSTimeoutError",
-}
-_TEMPORARY_EXCEPTIONS = (
-    "ConnectionError",  # botocore: EndpointConnectionError, ConnectTimeoutError, ...
-    "EndpointConnectionError",
-    "ConnectTimeoutError",
-    "ProxyConnectionError",
-    "HTTPClientError",  # botocore: ReadTimeoutError, ConnectionClosedError, ...
-    "ReadTimeoutError",
-    "ConnectionClosedError",
-    "ResponseStreamingError",
-    "ClientConnectionError",  # aiohttp
-    "ClientPayloadError",
-    "ServerDisconnectedError",
-    "ServerTimeoutError",
-    "FSTimeoutError",  # fsspec's sync() timeout around s3fs
-)
-
-
-def translate(exc: BaseException) -> BatchInferError | None:
-    """Our error for an object store failure, or None when ``exc`` is not one we recognise.
-
-    Looks through the chain of causes, since s3fs re-raises botocore's errors as OSError
-    (``PermissionError``, ``OSError(EBUSY)``, ...) with the original as ``__cause__``:
-
-    - throttling, 5xx, timeouts and connection failures (what is left after the retries) ->
-      ``StorageUnavailable`` (exit 75: nothing committed, rerun later to resume);
-    - refused or missing credentials -> ``CredentialsError`` (exit 2, never retried).
-
-    Errors of our own tree are not translated again (None).
-    """
-    if isinstance(exc, BatchInferError):
-        return None
-    chain = _chain(exc)
-    from_store = [e for e in chain if type(e).__module__.split(".")[0] in _STORE_MODULES]
-    for error in from_store:
-        name = type(error).__name__
-        response = _response(error)
-        if response is not None:
-            code = response["code"] or str(response["status"] or "")
-            if code in _CREDENTIAL_CODES or response["status"] in (401, 403):
-                return _credentials(error, code, response)
-            if code in _TEMPORARY_CODES or response["status"] in _TEMPORARY_STATUS:
-                return _unavailable(error, code, response)
-            return None  # NoSuchKey, NoSuchBucket, PreconditionFailed...: the caller's business
-        if name in _CREDENTIAL_EXCEPTIONS:
-            return _credentials(error, name, None)
-        if any(c.__name__ in _TEMPORARY_EXCEPTIONS for c in type(error).__mro__):
-            return _unavailable(error, name, None)
-    if from_store:
-        return None
-    # s3fs's OSError for a 503 whose botocore cause was lost on the way
-    for error in chain:
-        if isinstance(error, OSError) and error.errno == errno.EBUSY:
-            if "reduce your request rate" in str(error).lower():
-                return _unavailable(error, "SlowDown", None)
-    return None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and its causes (or contexts), each once, at most 16."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 16 and not any(current is c for c in chain):
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def _response(exc: BaseException) -> dict[str, Any] | None:
-    """Code, status, operation, message and attempts of a botocore ClientError; else None."""
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return None
-    error = response.get("Error") or {}
-    meta = response.get("ResponseMetadata") or {}
-    retries = meta.get("RetryAttempts")
-    return {
-        "code": str(error.get("Code") or ""),
-        "status": int(meta["HTTPStatusCode"]) if meta.get("HTTPStatusCode") else None,
-        "operation": getattr(exc, "operation_name", None),
-        "message": str(error.get("Message") or ""),
-        "attempts": retries + 1 if isinstance(retries, int) else None,
-    }
-
-
-def _detail(exc: BaseException, code: str, response: dict[str, Any] | None) -> str:
-    """``(code on Operation, n attempts): message`` from what is known."""
-    facts = code
-    message = first_line(exc)
-    if response is not None:
-        if response["operation"]:
-            facts += f" on {response['operation']}"
-        if response["attempts"]:
-            facts += f", {response['attempts']} attempt{'s' * (response['attempts'] > 1)}"
-        message = response["message"] or message
-    return f"({facts}): {message}"
-
-
-def _unavailable(
-    exc: BaseException, code: str, response: dict[str, Any] | None
-) -> StorageUnavailable:
-    if code in _THROTTLING:
-        kind = "kept throttling requests"
-    elif code in _TIMEOUTS:
-        kind = "did not answer in time"
-    elif code in _TEMPORARY_CODES:
-        kind = "kept failing"
-    else:
-        kind = "could not be reached or dropped the connection"
-    return StorageUnavailable(
-        f"the object store {kind}, also when retried {_detail(exc, code, response)}",
-        "nothing was committed; rerun later and the run resumes where it stopped (retries "
-        "and timeouts: AWS_MAX_ATTEMPTS, or config_kwargs in storage_options; see the README)",
-    )
-
-
-def _credentials(
-    exc: BaseException, code: str, response: dict[str, Any] | None
-) -> CredentialsError:
-    return CredentialsError(
-        f"the object store refused the credentials {_detail(exc, code, response)}",
-        "check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or key "
-        "and secret in storage_options) and that they may read the input and the model and "
-        "write the output; not retried",
-    )
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

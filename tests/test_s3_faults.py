@@ -27,7 +27,7 @@ import pytest
 import s3fs
 from s3fs.errors import translate_boto_error
 
-from batch_infer import storage
+from batch_infer import errors, storage
 from batch_infer.errors import ConfigError, CredentialsError, InputError, StorageUnavailable
 
 from .conftest import churn_table
@@ -438,7 +438,7 @@ def _client_error(code: str, status: int, operation: str = "PutObject", attempts
     ],
 )
 def test_translate(make, expected):
-    translated = storage.translate(make())
+    translated = errors.from_store(make())
     if expected is None:
         assert translated is None
     else:
@@ -448,7 +448,7 @@ def test_translate(make, expected):
 
 
 def test_translate_names_the_code_operation_and_attempts():
-    error = storage.translate(translate_boto_error(_client_error("SlowDown", 503)))
+    error = errors.from_store(translate_boto_error(_client_error("SlowDown", 503)))
     assert "kept throttling requests" in error.what
     assert "(SlowDown on PutObject, 4 attempts): message of SlowDown" in error.what
     assert "rerun later" in error.fix

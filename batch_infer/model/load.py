@@ -19,7 +19,8 @@ import numpy as np
 
 from .. import storage
 from ..config import ModelConfig, OutputColumns
-from ..errors import ConfigError, ModelError, first_line
+from ..errors import ConfigError, ModelError, first_line, from_store
+from .cache import CompiledModel, artifact_folder, find_compiled
 from .contract import Contract, derive_contract, merge_saved
 from .outputs import OutputPlan, plan_outputs
 
@@ -53,7 +54,7 @@ class LoadedModel:
     version: str
     contract_sha256: str | None = None
     runtime: str = "sklearn"  # or the compiled engine that scores ("numpy-linear", "treelite")
-    compiled: Any = field(default=None, repr=False)  # a compiled.CompiledModel
+    compiled: CompiledModel | None = field(default=None, repr=False)
 
     @property
     def sha256(self) -> str:
@@ -189,7 +190,6 @@ def _compiled_model(
     runtime: str,
 ) -> LoadedModel | None:
     """The model as its cached compiled runtime gives it, or None to use scikit-learn."""
-    from .compiled import artifact_folder, find_compiled
 
     def unusable(why: str) -> None:
         if runtime == "compiled":
@@ -239,11 +239,6 @@ def _compiled_model(
     )
 
 
-def _final_type_name(estimator: Any) -> str:
-    steps = getattr(estimator, "steps", None)
-    return type(steps[-1][1] if steps else estimator).__name__
-
-
 def contract_for(
     model_url: str,
     scaler: str | None = None,
@@ -266,7 +261,7 @@ def contract_for(
         from ..sources import plan_input
 
         plan = plan_input(InputConfig(path=sample))
-        frame = _sample_frame(plan, names)
+        frame = sample_frame(plan, names)
         contract = contract_from_sample(contract, frame)
     text = write_contract(contract)
     if write:
@@ -276,7 +271,7 @@ def contract_for(
     return text
 
 
-def _sample_frame(plan: Any, names: list[str]) -> Any:
+def sample_frame(plan: Any, names: list[str]) -> Any:
     """Up to 100,000 rows of the sample's feature columns, as pandas reads them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -316,7 +311,7 @@ def _saved_contract(config: ModelConfig, derived: Contract) -> tuple[Contract, s
             raise ModelError(f"contract file {url} does not exist", "check --contract") from None
         return derived, None
     except OSError as exc:
-        if (store_error := storage.translate(exc)) is not None:
+        if (store_error := from_store(exc)) is not None:
             raise store_error from None
         raise ModelError(
             f"cannot read contract file {url}: {first_line(exc)}", "check --contract"
@@ -376,7 +371,7 @@ def read_artifact(
     except FileNotFoundError:
         raise ModelError(f"{role} file {url} does not exist", f"check --{role}") from None
     except OSError as exc:
-        if (store_error := storage.translate(exc)) is not None:
+        if (store_error := from_store(exc)) is not None:
             raise store_error from None
         raise ModelError(
             f"cannot read {role} file {url}: {first_line(exc)}", f"check --{role}"

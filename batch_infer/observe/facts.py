@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..redaction import redact_data
+
 
 @dataclass
 class RunFacts:
@@ -73,7 +75,7 @@ class RunFacts:
         data["throughput"] = [list(point) for point in self.throughput]
         data["seconds"] = round(self.seconds, 3)
         data["peak_rss_bytes"] = self.peak_rss_bytes
-        return data
+        return redact_data(data)
 
     @property
     def seconds(self) -> float:

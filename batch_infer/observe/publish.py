@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..config import RunConfig
-from ..errors import BatchInferError, ConfigError, first_line
+from ..errors import BatchInferError, ConfigError, explain, first_line
+from ..redaction import redact_text, redact_url
 from .facts import RunFacts
 
 log = logging.getLogger(__name__)
@@ -23,20 +24,9 @@ log = logging.getLogger(__name__)
 
 def output_name(path: str) -> str:
     """A bounded name for an output: its last path element that is not a ``{run_date}`` template."""
+    path = redact_url(path)
     parts = [p for p in path.rstrip("/").split("/") if p and "{" not in p and not p.endswith(":")]
     return parts[-1] if parts else "output"
-
-
-def exit_code_of(exc: BaseException) -> int:
-    """The exit code the CLI gives for this exception (see errors.EXIT_CODES)."""
-    if isinstance(exc, BatchInferError):
-        return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        return 130
-    from ..storage import translate
-
-    known = translate(exc) if isinstance(exc, Exception) else None
-    return known.exit_code if known is not None else 1
 
 
 @contextmanager
@@ -55,8 +45,8 @@ def published(config: RunConfig, facts: RunFacts) -> Iterator[RunFacts]:
     except BaseException as exc:
         failed = exc
         facts.status = "failed"
-        facts.exit_code = exit_code_of(exc)
-        facts.error = str(exc) if isinstance(exc, BatchInferError) else first_line(exc)
+        facts.exit_code = explain(exc).exit_code
+        facts.error = redact_text(str(explain(exc)))
         raise
     finally:
         facts.finished_at = time.time()

@@ -141,18 +141,11 @@ def serve(
 
 def _fail(exc: BaseException, verbose: bool) -> NoReturn:
     """One line on stderr, ``Error: what — fix``, and the error's exit code (as `run` does)."""
-    from ..errors import BatchInferError, first_line
+    from ..errors import explain
 
     if verbose:
         sys.stderr.write("".join(traceback.format_exception(exc)))
-    if isinstance(exc, BatchInferError):
-        line, code = f"Error: {exc}", exc.exit_code
-    else:
-        line = (
-            f"Error: unexpected {type(exc).__name__}: {first_line(exc)} — rerun with --verbose "
-            "for the traceback and report it"
-        )
-        code = 1
-    sys.stderr.write(line + "\n")
+    known = explain(exc)
+    sys.stderr.write(f"Error: {known}\n")
     sys.stderr.flush()
-    raise typer.Exit(code)
+    raise typer.Exit(known.exit_code)
