@@ -130,7 +130,7 @@ def describe_model(
 
 def _compiled(model: Any) -> dict[str, Any] | None:
     """The verified compiled runtime cached for this model, if any."""
-    from .model.compiled import find_compiled
+    from .model.cache import find_compiled
 
     compiled = find_compiled(model.sha256, model.scaler.sha256 if model.scaler else None)
     if compiled is None:

@@ -1,50 +1,34 @@
-"""Verified compiled runtimes: the model's arithmetic without scikit-learn on the scoring path.
+"""``batch-infer compile``: build a runtime from a fitted model, verify it, cache it.
 
-``batch-infer compile`` turns a fitted model into a runtime (NumPy arrays for linear models,
-native code for tree ensembles, see ``runtimes``), checks it against the model's own methods on
-a sample (labels identical, numbers within ``TOLERANCE``) and stores it in a cache keyed by the
-model's and the scaler's sha256. ``run --runtime auto`` uses it when one is cached: a changed
-model has another sha256, so it never meets a stale artifact. A cached runtime also carries the
-model's contract and output columns, so a run that uses it never unpickles the model.
+A runtime (NumPy arrays for linear models, native code for tree ensembles, see ``runtimes``) is
+checked against the model's own methods on a sample (labels identical, numbers within
+``TOLERANCE``) before it is stored in the cache (``cache``), keyed by the model's and the
+scaler's sha256. ``run --runtime auto`` then uses it, and never unpickles the model.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-import logging
-import os
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import sklearn
 
+from ..config import InputConfig, ModelConfig, OutputColumns
 from ..errors import ModelError
-from .contract import Contract, FeatureSpec
-from .outputs import METHODS, OutputColumn, OutputPlan
+from ..sources import plan_input
+from .cache import FORMAT, artifact_folder, column_bases, find_compiled, store
+from .inputs import model_input, unscorable_rows
+from .load import load_model, sample_frame
+from .outputs import METHODS, available_methods, final_step, plan_outputs
+from .runtimes import build_runtime
 
-log = logging.getLogger(__name__)
+__all__ = ["TOLERANCE", "Verification", "compile_model", "find_compiled", "verify"]
 
 TOLERANCE = 1e-12
-FORMAT = "batch-infer-compiled/1"
-META = "compiled.json"
-
-
-def cache_dir() -> Path:
-    """Where compiled runtimes live: ``BATCH_INFER_CACHE_DIR``, else ``~/.cache/batch-infer``."""
-    configured = os.environ.get("BATCH_INFER_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "batch-infer"
-
-
-def artifact_folder(model_sha256: str, scaler_sha256: str | None) -> Path:
-    """One folder per (model, scaler) pair of files, named by their hashes."""
-    key = hashlib.sha256(f"{model_sha256}:{scaler_sha256 or ''}".encode()).hexdigest()[:32]
-    return cache_dir() / "compiled" / key
 
 
 @dataclass(frozen=True)
@@ -63,89 +47,6 @@ class Verification:
         )
 
 
-@dataclass
-class CompiledModel:
-    """A cached, verified runtime with what a run needs to know about the model it replaces."""
-
-    folder: Path
-    meta: dict[str, Any]
-    runtime: Any = field(default=None, repr=False)
-
-    @property
-    def engine(self) -> str:
-        return self.meta["engine"]
-
-    @property
-    def methods(self) -> list[str]:
-        return self.meta["methods"]
-
-    def call(self, features: np.ndarray, methods: list[str]) -> dict[str, Any]:
-        return self.runtime.call(features, methods)
-
-    def contract(self) -> Contract:
-        saved = self.meta["contract"]
-        return Contract(
-            [FeatureSpec(**entry) for entry in saved["features"]],
-            origin=saved.get("origin", "derived from the model"),
-        )
-
-    def output_plan(self, requested: list[str] | None, names: Any, url: str) -> OutputPlan:
-        """The run's columns, as ``plan_outputs`` would name them for the model itself."""
-        from .outputs import check_requested
-
-        methods = check_requested(
-            requested, self.meta["model_methods"], self.meta["model_type"], url
-        )
-        if methods is None:
-            methods = self.meta["default_methods"]
-        base = _column_bases(names)
-        import pyarrow as pa
-
-        columns = [
-            OutputColumn(
-                base[c["method"]] + c["suffix"],
-                pa.type_for_alias(c["type"]),
-                c["method"],
-                c.get("index"),
-                c.get("output"),
-            )
-            for method in methods
-            for c in self.meta["columns"][method]
-        ]
-        return OutputPlan(methods, columns)
-
-
-def find_compiled(model_sha256: str, scaler_sha256: str | None) -> CompiledModel | None:
-    """The cached runtime for these files, loaded, or None (with the reason logged)."""
-    folder = artifact_folder(model_sha256, scaler_sha256)
-    try:
-        meta = json.loads((folder / META).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring the unreadable compiled runtime in %s: %s", folder, exc)
-        return None
-    if meta.get("format") != FORMAT or meta.get("model_sha256") != model_sha256:
-        log.warning("ignoring the compiled runtime in %s: written by another version", folder)
-        return None
-    from .runtimes import load_runtime
-
-    try:
-        runtime = load_runtime(folder, meta)
-    except ModelError as exc:
-        log.warning("cannot use the compiled runtime in %s: %s (%s)", folder, exc.what, exc.fix)
-        return None
-    except Exception as exc:  # a damaged cache entry: scikit-learn still scores
-        log.warning(
-            "ignoring the damaged compiled runtime in %s: %s: %s (compile the model again)",
-            folder,
-            type(exc).__name__,
-            exc,
-        )
-        return None
-    return CompiledModel(folder, meta, runtime)
-
-
 def compile_model(
     model_url: str,
     scaler_url: str | None = None,
@@ -157,11 +58,6 @@ def compile_model(
     Refuses (ModelError, exit 4) a model no runtime covers, and a runtime whose results differ
     from the model's on the sample, saying by how much.
     """
-    from ..config import ModelConfig, OutputColumns
-    from .load import load_model
-    from .outputs import available_methods, plan_outputs
-    from .runtimes import build_runtime
-
     model_config = config or ModelConfig(path=model_url, scaler=scaler_url)
     model = load_model(model_config, runtime="sklearn")
     if not model.contract.all_numeric:
@@ -190,7 +86,7 @@ def compile_model(
     defaults = plan_outputs(estimator, None, OutputColumns(), model_url).methods
     full = plan_outputs(estimator, methods, OutputColumns(), model_url)
     defaults_covered = all(m in methods for m in defaults)
-    base = _column_bases(OutputColumns())
+    base = column_bases(OutputColumns())
     columns: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for column in full.columns:
         columns[column.method].append(
@@ -202,10 +98,6 @@ def compile_model(
                 "output": column.output,
             }
         )
-    import sklearn
-
-    from .load import _final_type_name
-
     meta = {
         "format": FORMAT,
         "engine": runtime.engine,
@@ -213,7 +105,7 @@ def compile_model(
         "model_sha256": model.sha256,
         "scaler_url": scaler_url,
         "scaler_sha256": model.scaler.sha256 if model.scaler else None,
-        "model_type": _final_type_name(estimator),
+        "model_type": type(final_step(estimator)).__name__,
         "kind": model.kind,
         "classes": model.classes,
         "methods": methods,
@@ -235,49 +127,16 @@ def compile_model(
         **runtime.describe(),
     }
     folder = artifact_folder(model.sha256, meta["scaler_sha256"])
-    _store(folder, runtime, meta)
+    store(folder, runtime, meta)
     return {**meta, "folder": str(folder)}
-
-
-def _column_bases(names: Any) -> dict[str, str]:
-    """Each method's column name (or prefix): the cache stores the rest of every name."""
-    return {
-        "predict": names.prediction,
-        "predict_proba": names.probability,
-        "decision_function": names.decision,
-        "score_samples": names.score,
-    }
-
-
-def _store(folder: Path, runtime: Any, meta: dict[str, Any]) -> None:
-    """Write into a temporary folder beside the final one, then rename: never half a runtime."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:
-        runtime.save(staging)
-        (staging / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def verification_sample(model: Any, runtime: Any, sample: str | None) -> tuple[np.ndarray, str]:
     """Rows to compare on: the user's sample (up to 100,000 rows) and rows made to probe the
     model's edges (every split threshold and its neighbours, missing values where allowed)."""
-    import pyarrow as pa
-
-    from .inputs import model_input, unscorable_rows
-
     parts, described = [], []
     if sample:
-        from ..config import InputConfig
-        from ..sources import plan_input
-        from .load import _sample_frame
-
-        frame = _sample_frame(plan_input(InputConfig(path=sample)), model.features)
+        frame = sample_frame(plan_input(InputConfig(path=sample)), model.features)
         batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
         matrix = model_input(batch, model.contract)
         refused = unscorable_rows(batch, model.contract, matrix)
@@ -301,8 +160,6 @@ def verify(
     model: Any, runtime: Any, matrix: np.ndarray, methods: list[str], sample: str
 ) -> Verification:
     """Compare the runtime with the model's own methods (through the scikit-learn path)."""
-    from dataclasses import replace
-
     expected = replace(model, outputs=replace(model.outputs, methods=methods)).call(matrix)
     actual = runtime.call(matrix, methods)
     diffs: dict[str, float] = {}

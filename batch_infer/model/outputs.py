@@ -62,7 +62,7 @@ def plan_outputs(
 ) -> OutputPlan:
     """Check the requested methods against the model and name their columns."""
     available = available_methods(estimator)
-    methods = check_requested(requested, available, type(_final(estimator)).__name__, url)
+    methods = check_requested(requested, available, type(final_step(estimator)).__name__, url)
     if methods is None:
         methods = ["predict"] if "predict" in available else []
         if "predict_proba" in available and _is_classifier(estimator):
@@ -131,7 +131,7 @@ def _columns(estimator: Any, method: str, names: OutputColumns) -> list[OutputCo
             return [OutputColumn(names.probability, pa.float64(), method, index=1)]
         if not labels:
             raise ModelError(
-                f"{type(_final(estimator)).__name__} has predict_proba but no classes_",
+                f"{type(final_step(estimator)).__name__} has predict_proba but no classes_",
                 "fit the model before saving it, or leave predict_proba out of --outputs",
             )
         return [
@@ -141,7 +141,7 @@ def _columns(estimator: Any, method: str, names: OutputColumns) -> list[OutputCo
     if method == "decision_function":
         labels = [] if classes is None else np.asarray(classes).tolist()
         if len(labels) > 2:
-            final = _final(estimator)
+            final = final_step(estimator)
             if getattr(final, "decision_function_shape", "ovr") == "ovo":
                 pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
                 return [
@@ -187,7 +187,8 @@ def columns_from_results(results: dict[str, Any], plan: OutputPlan, rows: int) -
     return arrays
 
 
-def _final(estimator: Any) -> Any:
+def final_step(estimator: Any) -> Any:
+    """A Pipeline's last step (the model that gives the outputs), else the estimator itself."""
     steps = getattr(estimator, "steps", None)
     return steps[-1][1] if steps else estimator
 
@@ -209,9 +210,9 @@ def _estimator_type(estimator: Any) -> str | None:
     try:
         from sklearn.utils import get_tags
 
-        return get_tags(_final(estimator)).estimator_type
+        return get_tags(final_step(estimator)).estimator_type
     except Exception:
-        return getattr(_final(estimator), "_estimator_type", None)
+        return getattr(final_step(estimator), "_estimator_type", None)
 
 
 def _label_type(estimator: Any, classes: Any) -> pa.DataType:
@@ -222,7 +223,7 @@ def _label_type(estimator: Any, classes: Any) -> pa.DataType:
     if kind == "outlier_detector":
         return pa.int64()
     if kind == "clusterer":
-        labels = getattr(_final(estimator), "labels_", None)
+        labels = getattr(final_step(estimator), "labels_", None)
         if labels is not None and np.asarray(labels).dtype.kind in "iu":
             return pa.from_numpy_dtype(np.asarray(labels).dtype)
         return pa.int64()
@@ -235,7 +236,7 @@ def _arrow_type(values: Any) -> pa.DataType:
 
 def _n_outputs(estimator: Any) -> int:
     """How many values ``predict`` gives per row (multi-output regressors give several)."""
-    final = _final(estimator)
+    final = final_step(estimator)
     if _classes(estimator) is not None:
         return 1
     for attribute in ("n_outputs_", "_n_outputs"):
@@ -262,7 +263,7 @@ def _argmax_of_proba(estimator: Any) -> bool:
     """
     import sys
 
-    final = _final(estimator)
+    final = final_step(estimator)
     if np.ndim(getattr(final, "classes_", None)) != 1:
         return False
     # looked up, not imported (30 ms): a model of these classes has imported their modules

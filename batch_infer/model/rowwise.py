@@ -168,9 +168,28 @@ def rowwise_twin(part: Any) -> Any | None:
 
 
 def _is_plain_linear(model: Any) -> bool:
-    from .runtimes import _is_linear
+    return is_linear(model) and isinstance(getattr(model, "coef_", None), np.ndarray)
 
-    return _is_linear(model) and isinstance(getattr(model, "coef_", None), np.ndarray)
+
+def is_linear(model: Any) -> bool:
+    """Whether the model's decision is the plain ``X @ coef.T + intercept`` (then its row-wise
+    twin, and a compiled ``LinearRuntime``, compute it without BLAS)."""
+    # imported here: a run on a compiled runtime imports this module but not scikit-learn
+    from sklearn.linear_model._base import LinearClassifierMixin, LinearModel
+
+    if not isinstance(model, LinearClassifierMixin | LinearModel):
+        return False
+    # models whose predict is not the plain linear function of X (Bayesian, GLMs with a link)
+    return type(model).__name__ not in (
+        "PoissonRegressor",
+        "GammaRegressor",
+        "TweedieRegressor",
+        "ARDRegression",
+        "BayesianRidge",
+        "RANSACRegressor",
+        "TheilSenRegressor",
+        "QuantileRegressor",
+    ) and np.ndim(getattr(model, "coef_", None)) in (1, 2)
 
 
 def _linear_twin(model: Any) -> Any:

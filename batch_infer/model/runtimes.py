@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from .rowwise import linear_scores
+from .rowwise import is_linear, linear_scores
+from .runtime_meta import saved_classes
+from .trees import TreeRuntime, is_tree_ensemble
 
 LINEAR_FILE = "linear.npz"
 
@@ -36,10 +38,8 @@ def build_runtime(estimator: Any, scaler: Any | None) -> Any:
             "score it with the scikit-learn runtime (--runtime sklearn)",
         )
     standard = _standardisation(scalers[0]) if scalers else (None, None)
-    if _is_linear(final):
+    if is_linear(final):
         return LinearRuntime.from_model(final, *standard)
-    from .trees import TreeRuntime, is_tree_ensemble
-
     if is_tree_ensemble(final):
         if scalers:
             raise ModelError(
@@ -59,8 +59,6 @@ def build_runtime(estimator: Any, scaler: Any | None) -> Any:
 def load_runtime(folder: Path, meta: dict[str, Any]) -> Any:
     if meta["engine"] == LinearRuntime.engine:
         return LinearRuntime.load(folder, meta)
-    from .trees import TreeRuntime
-
     if meta["engine"] == TreeRuntime.engine:
         return TreeRuntime.load(folder, meta)
     raise ModelError(f"unknown compiled engine {meta['engine']!r}", "compile the model again")
@@ -80,24 +78,6 @@ def _standardisation(scaler: Any) -> tuple[np.ndarray | None, np.ndarray | None]
     mean = np.asarray(scaler.mean_, dtype=np.float64) if scaler.with_mean else None
     scale = getattr(scaler, "scale_", None) if scaler.with_std else None
     return mean, (np.asarray(scale, dtype=np.float64) if scale is not None else None)
-
-
-def _is_linear(model: Any) -> bool:
-    from sklearn.linear_model._base import LinearClassifierMixin, LinearModel
-
-    if not isinstance(model, LinearClassifierMixin | LinearModel):
-        return False
-    # models whose predict is not the plain linear function of X (Bayesian, GLMs with a link)
-    return type(model).__name__ not in (
-        "PoissonRegressor",
-        "GammaRegressor",
-        "TweedieRegressor",
-        "ARDRegression",
-        "BayesianRidge",
-        "RANSACRegressor",
-        "TheilSenRegressor",
-        "QuantileRegressor",
-    ) and np.ndim(getattr(model, "coef_", None)) in (1, 2)
 
 
 @dataclass
@@ -153,7 +133,7 @@ class LinearRuntime:
         with np.load(folder / LINEAR_FILE, allow_pickle=False) as saved:
             arrays = {name: saved[name] for name in saved.files}
         probability = str(arrays.pop("probability")) or None
-        return cls(probability=probability, classes=_classes(meta), **arrays)
+        return cls(probability=probability, classes=saved_classes(meta), **arrays)
 
     def decision(self, matrix: np.ndarray) -> np.ndarray:
         """What scikit-learn computes: the scaler's in-place steps, then ``X @ coef.T + b``
@@ -196,11 +176,6 @@ class LinearRuntime:
         for exponent in (-3, 0, 3, 6):
             rows.append(rng.normal(0, 10.0**exponent, (500, width)))
         return np.concatenate(rows)
-
-
-def _classes(meta: dict[str, Any]) -> np.ndarray | None:
-    """The labels, from the runtime's metadata (JSON: strings, numbers or booleans)."""
-    return np.asarray(meta["classes"]) if meta.get("classes") is not None else None
 
 
 def _divide(features: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
+from .runtime_meta import saved_classes
 
 LIBRARY = "model.so"
 CHECKPOINT = "model.treelite"
@@ -161,11 +162,9 @@ class TreeRuntime:
                 "the compiled runtime needs the tl2cgen package, which is not installed",
                 "pip install tl2cgen (or use --runtime sklearn)",
             ) from None
-        from .runtimes import _classes
-
         return cls(
             library=folder / LIBRARY,
-            classes=_classes(meta),
+            classes=saved_classes(meta),
             float32_input=meta["float32_input"],
             margin=meta["margin"],
         )
