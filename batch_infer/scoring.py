@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from .config import OutputColumns
-from .errors import BatchInferError, first_line
+from .errors import BatchInferError, ModelError, first_line
 from .model import LoadedModel
 from .model.inputs import Reason, missing_in_row, model_input, unscorable_rows
 from .model.outputs import columns_from_results
@@ -85,7 +85,8 @@ def score_batch(
 
     Rows the contract says the model refuses (an infinite number, a missing value where it takes
     none, a category it raises on) are set aside first; rows the model itself raises on are
-    found by bisecting the batch.
+    found by bisecting the batch. A model that raises whatever the rows is a ModelError, not
+    rejected rows (see ``_score_rows``).
     """
     origin = origin or RowOrigin("", 0, 0)
     features = model_input(batch, model.contract)  # a conversion error is bad input: raised
@@ -100,10 +101,14 @@ def score_batch(
             if isinstance(features, np.ndarray)
             else model_input(candidates, model.contract)
         )
-    _, results, failed = _score_rows(model, candidates, features)
+    _, results, failed = _score_rows(model, candidates, features, probe=True)
+    if failed and len(failed) == candidates.num_rows > 1:
+        raise _fails_whatever_the_rows(
+            next(iter(failed.values())), f"on every one of the batch's {len(failed)} rows"
+        )
     if failed:
         kept_positions = np.flatnonzero(keep)
-        for position, message in failed.items():
+        for position, (_, message) in failed.items():
             row = int(kept_positions[position])
             missing = missing_in_row(candidates, position, model.contract)
             if missing is not None:
@@ -119,14 +124,22 @@ def score_batch(
     return ScoredBatch(scored, _rejected(batch, keep, reasons, origin))
 
 
+Failure = tuple[str, str]  # the model's exception: its type's name, the first line of its message
+
+
 def _score_rows(
-    model: LoadedModel, batch: pa.RecordBatch, features: Any = None
-) -> tuple[np.ndarray, dict[str, Any] | None, dict[int, str]]:
+    model: LoadedModel, batch: pa.RecordBatch, features: Any = None, probe: bool = False
+) -> tuple[np.ndarray, dict[str, Any] | None, dict[int, Failure]]:
     """Call the model on every row; where it raises, find the rows it raises on.
 
     Returns the positions that scored (in order), their results by method, and the failed
-    positions with the model's message. A failing batch is first split into rows with and
-    without missing features (the usual culprit), then bisected.
+    positions with the model's exception (type, first line). A failing batch is first split
+    into rows with and without missing features (the usual culprit), then bisected.
+
+    With ``probe``, a batch that fails as a whole is first tried on its first, middle and last
+    rows (without missing features where there are such), each alone: if all of them fail too,
+    the model fails whatever the rows, and ModelError is raised at once. Bisecting would take
+    seconds on thousands of rows, only to reject them all as bad input.
     """
     everything = np.arange(batch.num_rows)
     if batch.num_rows == 0:
@@ -139,8 +152,13 @@ def _score_rows(
         if not refuses_rows(exc):
             raise
         if batch.num_rows == 1:
-            return np.empty(0, dtype=np.int64), None, {0: first_line(exc)}
+            return np.empty(0, dtype=np.int64), None, {0: _failure(exc)}
+        failure = _failure(exc)
     incomplete = _rows_with_missing(batch, model.features)
+    if probe and all(_score_rows(model, batch.slice(row, 1))[2] for row in _probes(incomplete)):
+        raise _fails_whatever_the_rows(
+            failure, "on a whole batch and on its first, middle and last rows alone"
+        )
     groups = [np.flatnonzero(~incomplete), np.flatnonzero(incomplete)]
     if not (len(groups[0]) and len(groups[1])):
         middle = batch.num_rows // 2
@@ -158,6 +176,28 @@ def _score_rows(
     merged = _concatenate(chunks)
     sort = np.argsort(order, kind="stable")
     return order[sort], {m: _take(v, sort) for m, v in merged.items()}, failed
+
+
+def _probes(incomplete: np.ndarray) -> list[int]:
+    """The first, middle and last rows, among those without missing features if any."""
+    rows = np.flatnonzero(~incomplete)
+    if not len(rows):
+        rows = np.arange(len(incomplete))
+    return sorted({int(rows[0]), int(rows[len(rows) // 2]), int(rows[-1])})
+
+
+def _failure(exc: BaseException) -> Failure:
+    """What is kept of an exception: not the exception, whose traceback holds the batch."""
+    return type(exc).__name__, first_line(exc)
+
+
+def _fails_whatever_the_rows(failure: Failure, how: str) -> ModelError:
+    kind, message = failure
+    return ModelError(
+        f"the model raised {how}, so it is the model that fails, not the data: {kind}: {message}",
+        "call the model's predict on a few rows of the input in the environment batch-infer "
+        "runs in (library versions, the model's own code), e.g. with batch-infer inspect MODEL",
+    )
 
 
 def refuses_rows(exc: BaseException) -> bool:
