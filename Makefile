@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench bench-serve lint lock sample-data clean
+.PHONY: install run test bench bench-serve lint docs lock sample-data clean
 
 install: $(STAMP)
 
@@ -34,8 +34,12 @@ bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/bench_serve.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check batch_infer tests scripts deploy/airflow benchmarks
-	$(BIN)/ruff format --check batch_infer tests scripts deploy/airflow benchmarks
+	$(BIN)/ruff check batch_infer tests scripts deploy/airflow benchmarks docs/hooks.py
+	$(BIN)/ruff format --check batch_infer tests scripts deploy/airflow benchmarks docs/hooks.py
+
+## Build the docs site into site/ (MkDocs Material); --strict: a broken link or a missing page fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 ## Re-pin dependencies after editing pyproject.toml (needs uv: pip install uv).
 lock:
@@ -50,4 +54,4 @@ sample-data: $(STAMP)
 	$(BIN)/python scripts/make_sample_data.py
 
 clean:
-	rm -rf $(VENV) output .pytest_cache
+	rm -rf $(VENV) output site .pytest_cache
