@@ -3,6 +3,8 @@
 Precedence, lowest to highest: model defaults < YAML file (``--config``) < ``BATCH_INFER_*``
 environment variables < command-line flags. Environment variables name a field by its path with
 ``__`` between levels: ``BATCH_INFER_OUTPUT__MODE=overwrite``, ``BATCH_INFER_RUN_DATE=2026-01-31``.
+Relative paths in a config file are relative to the file's folder (see ``PATH_FIELDS``); in flags
+and environment variables, to the working directory.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -288,6 +291,42 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Settings that name a file or folder. In a config file a relative one means "beside the file",
+# so a job runs the same from cron's $HOME as from the repo; flags and environment variables
+# keep meaning the working directory, as for any command.
+PATH_FIELDS = (
+    ("input", "path"),
+    ("model", "path"),
+    ("model", "scaler"),
+    ("model", "contract"),
+    ("output", "path"),
+    ("output", "rejects"),
+    ("observe", "metrics_file"),
+    ("observe", "report_html"),
+)
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's settings, its relative paths anchored to the file's folder."""
+    data = read_yaml(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    for section, key in PATH_FIELDS:
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            node[key] = anchored(node[key], folder)
+    return data
+
+
+def anchored(path: str, folder: str) -> str:
+    """``path`` relative to ``folder``; URLs, absolute and ``~`` paths are returned unchanged."""
+    if not path or _URL.match(path) or "::" in path or path.startswith("~"):
+        return path
+    if os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(folder, path))
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Turn ``BATCH_INFER_A__B=value`` variables into ``{"a": {"b": value}}``.
 
@@ -319,7 +358,7 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> RunConfig:
     """Build a RunConfig from a YAML file, then env vars, then explicit overrides (flags)."""
-    data = read_yaml(config_file) if config_file else {}
+    data = read_config_file(config_file) if config_file else {}
     data = deep_merge(data, env_overrides(os.environ if environ is None else environ))
     data = deep_merge(data, overrides or {})
     try:
@@ -338,7 +377,7 @@ def load_serve_config(
     A config file written for `run` serves as is: ``model``, ``output.methods`` and
     ``output.columns`` are taken from it, input and output paths are ignored.
     """
-    data = read_yaml(config_file) if config_file else {}
+    data = read_config_file(config_file) if config_file else {}
     data = deep_merge(data, env_overrides(os.environ if environ is None else environ))
     data = deep_merge(data, overrides or {})
     output = data.get("output") or {}
