@@ -4,6 +4,7 @@ A page asks for generated content with a marker on a line of its own, ``<!-- gen
 ``on_page_markdown`` replaces it. Nothing generated is committed: every build renders it again.
 
 - ``cli``: the CLI reference, walked from the Typer app (``batch_infer.cli:app``).
+- ``config``: every key of a config file, walked from the pydantic models (``RunConfig``).
 - ``bench-summary``, ``bench-targets``, ``bench-cases``: ``make bench``'s latest results,
   from ``benchmarks/results/latest.json`` (the targets as ``benchmarks/bench.py`` defines them).
 - ``serve-results``: ``make bench-serve``'s latest table, read from
@@ -190,7 +191,94 @@ def _code(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    return _escape(" ".join(text.split())).replace("|", "&#124;")
+    """Text for a table cell: code spans as HTML (a pipe in them must not end the cell)."""
+    pieces = re.split(r"(`[^`]*`)", " ".join(text.split()))
+    return "".join(
+        _code(p[1:-1]) if p.startswith("`") and len(p) > 1 else _escape(p).replace("|", "&#124;")
+        for p in pieces
+    )
+
+
+# -- the configuration file ------------------------------------------------------------------
+
+
+def config_reference() -> str:
+    """Every key of a config file, walked from the pydantic models of a run (``RunConfig``)."""
+    from batch_infer import RunConfig
+
+    tables: list[str] = []
+    top: list[tuple[str, Any]] = []
+    for name, field in RunConfig.model_fields.items():
+        section = _section_model(field.annotation)
+        if section is None:
+            top.append((name, field))
+        else:
+            tables.append(_config_table(name, section, field.is_required()))
+    intro = _config_rows("", top)
+    return "\n\n".join(["### Top level", intro, *tables])
+
+
+def _section_model(annotation: Any) -> Any:
+    """The pydantic model a field holds (``ServeSection | None`` too), or None."""
+    from typing import Union, get_args, get_origin
+
+    from pydantic import BaseModel
+
+    candidates = [annotation]
+    if get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        candidates = [a for a in get_args(annotation) if a is not type(None)]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _config_table(prefix: str, model: Any, required: bool) -> str:
+    title = f"### `{prefix}`" + ("" if required else " (optional)")
+    doc = " ".join((model.__doc__ or "").split())
+    direct, nested = [], []
+    for name, field in model.model_fields.items():
+        section = _section_model(field.annotation)
+        if section is None:
+            direct.append((name, field))
+        else:
+            nested.append(_config_table(f"{prefix}.{name}", section, field.is_required()))
+    parts = [title, _escape(doc), _config_rows(prefix, direct)] + nested
+    return "\n\n".join(p for p in parts if p)
+
+
+def _config_rows(prefix: str, fields: list[tuple[str, Any]]) -> str:
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+    for name, field in fields:
+        key = f"{prefix}.{name}" if prefix else name
+        lines.append(
+            f"| `{key}` | {_cell(_type_name(field.annotation))} | {_default(field)} "
+            f"| {_cell(field.description or '')} |"
+        )
+    return "\n".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(f"`{v}`" for v in get_args(annotation))
+    text = getattr(annotation, "__name__", None) if get_origin(annotation) is None else None
+    text = text or str(annotation)
+    text = re.sub(r"\b(typing|datetime|pathlib)\.", "", text)
+    return "`" + text.replace("NoneType", "None") + "`"
+
+
+def _default(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        value = field.default_factory()
+    else:
+        value = field.default
+    if value is None:
+        return "—"
+    return _code(json.dumps(value, default=str))
 
 
 # -- make bench ---------------------------------------------------------------------------------
@@ -328,6 +416,7 @@ def serve_results() -> str:
 
 GENERATORS = {
     "cli": cli_reference,
+    "config": config_reference,
     "bench-summary": bench_summary,
     "bench-targets": bench_targets,
     "bench-cases": bench_cases,

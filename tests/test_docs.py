@@ -90,6 +90,16 @@ def test_cli_reference_lists_every_command_with_its_options(site):
     assert "--max-reject-rate" in text and "--http-port" in text
 
 
+def test_configuration_page_lists_every_key(site):
+    from batch_infer import RunConfig
+
+    text = _text(site / "reference" / "config" / "index.html")
+    for section in ("input", "model", "output"):
+        model = RunConfig.model_fields[section].annotation
+        for name in model.model_fields:
+            assert f"{section}.{name}" in text, f"{section}.{name} missing from the config page"
+
+
 def test_performance_page_shows_the_latest_results(site):
     results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
     date = results.get("date") or _hooks().bench_facts()["date"]
