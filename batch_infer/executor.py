@@ -87,3 +87,16 @@ def run_parallel(
 
 
 _DONE = object()
+
+
+def map_concurrently(
+    function: Callable[[Item], Result], items: list[Item], concurrency: int
+) -> list[Result]:
+    """``[function(item) for item in items]``, in order, at most ``concurrency`` calls at a time
+    (file operations of a commit, footers of many files)."""
+    indexed = run_parallel(
+        lambda pair: (pair[0], function(pair[1])),
+        list(enumerate(items)),
+        min(concurrency, len(items)),
+    )
+    return [result for _, result in sorted(indexed, key=lambda pair: pair[0])]

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import storage
 from .errors import LockedError
-from .sinks import OutputTarget
+from .targets import FolderTarget as OutputTarget
 
 log = logging.getLogger(__name__)
 

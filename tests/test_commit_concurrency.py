@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from batch_infer import sinks, storage
+from batch_infer import storage, targets
+from batch_infer.targets import folder
 
 from .conftest import FEATURES, REPO, churn_table, write_parquet
 from .test_s3 import BUCKET, moto_endpoint, s3  # noqa: F401 - fixtures, shared
@@ -212,10 +213,10 @@ def proxy(moto_endpoint):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _stage(target: sinks.OutputTarget, prefix: str, count: int) -> list[sinks.OutputFile]:
+def _stage(target: targets.FolderTarget, prefix: str, count: int) -> list[targets.OutputFile]:
     """``count`` small staged files, in 4 partition folders, each with its own content."""
     files = [
-        sinks.OutputFile(f"day={i % 4}/part-{prefix}-{i:05d}-0.parquet", i) for i in range(count)
+        targets.OutputFile(f"day={i % 4}/part-{prefix}-{i:05d}-0.parquet", i) for i in range(count)
     ]
     staged = {_staged(target, f.path): _content(f.path) for f in files}
     for folder in {os.path.dirname(path) for path in staged}:
@@ -228,15 +229,15 @@ def _content(relative: str) -> bytes:
     return f"the bytes of {relative}".encode()
 
 
-def _staged(target: sinks.OutputTarget, relative: str) -> str:
-    return storage.join(target.staging, relative + sinks.STAGED_SUFFIX)
+def _staged(target: targets.FolderTarget, relative: str) -> str:
+    return storage.join(target.staging, relative + folder.STAGED_SUFFIX)
 
 
 def _commit(target, files, mode, prefix):
-    return sinks.commit(target, files, {"run_id": f"run-{prefix}"}, mode, {f"part-{prefix}-00000"})
+    return target.commit(files, {"run_id": f"run-{prefix}"}, mode, {f"part-{prefix}-00000"})
 
 
-def _everything(target: sinks.OutputTarget) -> dict[str, bytes]:
+def _everything(target: targets.FolderTarget) -> dict[str, bytes]:
     """Every file under the output root, relative path -> bytes, read afresh."""
     fs = target.fs
     fs.invalidate_cache()
@@ -250,8 +251,8 @@ def _assert_exactly_committed(target, files, replaced) -> None:
     """The new files in place with their bytes, the manifest, _SUCCESS, and nothing else:
     no staging, no replaced file."""
     found = _everything(target)
-    manifest = json.loads(found.pop(sinks.MANIFEST))
-    assert found.pop(sinks.SUCCESS) == b""
+    manifest = json.loads(found.pop(targets.MANIFEST))
+    assert found.pop(targets.SUCCESS) == b""
     assert found == {f.path: _content(f.path) for f in files}
     assert manifest["files"] == [
         {"path": f.path, "rows": f.rows, "bytes": f.bytes}
@@ -270,7 +271,7 @@ def test_s3_commit_of_hundreds_of_files_keeps_its_order(s3, proxy):
     _SUCCESS, _SUCCESS before the first deletion of a replaced file, those deletions before
     the staging folder's; and copies did run side by side."""
     url = f"s3://{BUCKET}/scores"
-    target = sinks.open_target(url, {"endpoint_url": proxy.url}, STAGING_KEY, commit_concurrency=8)
+    target = targets.open_target(url, {"endpoint_url": proxy.url}, STAGING_KEY, commit_concurrency=8)
     old = _stage(target, "old", FILES)
     _commit(target, old, "error", "old")
     _assert_exactly_committed(target, old, replaced=[])
@@ -299,20 +300,20 @@ def test_s3_commit_of_hundreds_of_files_keeps_its_order(s3, proxy):
     copies = [r for k, r in events if k == "start" and r.copy_source]
     assert len(copies) == FILES  # each file copied once; not one copy of an old file
     assert all("/part-new-" in r.key and "_staging" not in r.key for r in copies)
-    manifest, success = first("start", put(f"/{sinks.MANIFEST}")), first("start", put("/_SUCCESS"))
+    manifest, success = first("start", put(f"/{targets.MANIFEST}")), first("start", put("/_SUCCESS"))
     assert last("end", lambda r: r.copy_source is not None) < manifest
     assert last("end", deletes(".parquet.staged")) < manifest  # staged sources gone first
-    assert last("end", put(f"/{sinks.MANIFEST}")) < success
+    assert last("end", put(f"/{targets.MANIFEST}")) < success
     replaced = first("start", deletes("/part-old-"))
     assert last("end", put("/_SUCCESS")) < replaced
-    assert last("end", deletes("/part-old-")) < first("start", deletes(sinks.COMMIT_INTENT))
+    assert last("end", deletes("/part-old-")) < first("start", deletes(folder.COMMIT_INTENT))
     # no HEAD (exists) per file: the commit learns what is staged from listings
     heads = [r for k, r in events if k == "start" and r.method == "HEAD"]
     assert len(heads) < 10, [r.key for r in heads]
 
 
 def test_local_commit_of_hundreds_of_files(tmp_path):
-    target = sinks.open_target(str(tmp_path / "scores"), {}, STAGING_KEY, commit_concurrency=8)
+    target = targets.open_target(str(tmp_path / "scores"), {}, STAGING_KEY, commit_concurrency=8)
     old = _stage(target, "old", FILES)
     _commit(target, old, "error", "old")
     _assert_exactly_committed(target, old, replaced=[])
@@ -321,7 +322,7 @@ def test_local_commit_of_hundreds_of_files(tmp_path):
     _commit(target, new, "overwrite", "new")
 
     _assert_exactly_committed(target, new, replaced=old)
-    assert not (tmp_path / "scores" / sinks.STAGING).exists()
+    assert not (tmp_path / "scores" / targets.STAGING).exists()
 
 
 # -- (b) the copies in flight are bounded by commit_concurrency, and more than one ---------------
@@ -339,7 +340,7 @@ def test_local_commit_of_hundreds_of_files(tmp_path):
 def test_s3_copies_in_flight_reach_but_never_exceed_commit_concurrency(
     concurrency, options, s3, proxy
 ):
-    target = sinks.open_target(
+    target = targets.open_target(
         f"s3://{BUCKET}/bounded",
         {"endpoint_url": proxy.url, **options},
         STAGING_KEY,
@@ -355,7 +356,7 @@ def test_s3_copies_in_flight_reach_but_never_exceed_commit_concurrency(
 
 
 def test_concurrency_one_copies_one_at_a_time(s3, proxy):
-    target = sinks.open_target(
+    target = targets.open_target(
         f"s3://{BUCKET}/serial", {"endpoint_url": proxy.url}, STAGING_KEY, commit_concurrency=1
     )
     files = _stage(target, "new", 12)
@@ -373,7 +374,7 @@ def test_commit_concurrency_must_be_a_positive_whole_number(value, tmp_path):
     from batch_infer.errors import ConfigError
 
     with pytest.raises(ConfigError, match="commit_concurrency"):
-        sinks.open_target(str(tmp_path / "out"), {}, STAGING_KEY, commit_concurrency=value)
+        targets.open_target(str(tmp_path / "out"), {}, STAGING_KEY, commit_concurrency=value)
 
 
 # -- (c) killed mid-commit, finished by the next run -------------------------------------------
@@ -424,10 +425,10 @@ def test_killed_mid_commit_the_next_run_commits_every_row_once(
     fs.invalidate_cache()
     names = [os.path.relpath(p, root) for p in fs.find(root)]
     in_place = [n for n in names if n.endswith(".parquet") and not n.startswith("_")]
-    staged = [n for n in names if n.endswith(sinks.STAGED_SUFFIX)]
+    staged = [n for n in names if n.endswith(folder.STAGED_SUFFIX)]
     assert len(in_place) == 1  # the first file moved, then the kill
     assert len(staged) > 300, len(staged)  # the others still staged
-    assert sinks.SUCCESS not in names and sinks.MANIFEST not in names
+    assert targets.SUCCESS not in names and targets.MANIFEST not in names
 
     started = time.monotonic()
     rerun = _process(args, **env)
@@ -437,11 +438,11 @@ def test_killed_mid_commit_the_next_run_commits_every_row_once(
 
     fs.invalidate_cache()
     names = [os.path.relpath(p, root) for p in fs.find(root)]
-    manifest = json.loads(fs.cat_file(storage.join(root, sinks.MANIFEST)))
+    manifest = json.loads(fs.cat_file(storage.join(root, targets.MANIFEST)))
     data = sorted(n for n in names if not n.startswith("_"))
     assert data == sorted(f["path"] for f in manifest["files"])
     assert len(data) == len(staged) + 1
-    assert sorted(names) == sorted([*data, sinks.MANIFEST, sinks.SUCCESS])  # no staging left
+    assert sorted(names) == sorted([*data, targets.MANIFEST, targets.SUCCESS])  # no staging left
     output_table = (
         ds.dataset(root, format="parquet", partitioning="hive", filesystem=fs)
         .to_table()

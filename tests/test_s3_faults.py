@@ -339,6 +339,41 @@ def test_refused_credentials_fail_fast_with_exit_2(
     assert secret not in result.stderr
 
 
+def test_credentials_expiring_while_reading_keep_the_staged_work(
+    s3, s3_input, s3_model, proxy, monkeypatch
+):
+    """A token that expires mid-run while *reading* the input (403 ExpiredToken on the second
+    file's GET) ends the run with exit 2, as refused credentials do, but the row groups already
+    staged are kept: with fresh credentials the same command resumes them and commits exactly
+    once."""
+    input_url, table = s3_input
+    model_url, model_local = s3_model
+    _use_endpoints(monkeypatch, proxy.url, proxy.url)
+    proxy.error(
+        status=403,
+        code="ExpiredToken",
+        message="The provided token has expired.",
+        match=_is("GET", "/input/day=2/"),
+        after=_is("PUT", "/_staging/", "_done"),
+    )
+
+    result = _cli(_run_args(input_url, model_url, "--workers", "1"))
+
+    assert result.exit_code == 2, result.stderr
+    assert "refused the credentials" in _error_line(result.stderr)
+    _assert_nothing_committed(s3)
+    s3.invalidate_cache()
+    done = s3.glob(f"{OUT_PREFIX}/_staging/*/_done/*.json")
+    assert done, "the row groups staged before the token expired were discarded"
+    proxy.clear()
+
+    rerun = _cli(_run_args(input_url, model_url, "--workers", "1"))
+
+    assert rerun.exit_code == 0, rerun.stderr
+    assert f"{len(done)} row group(s) already staged" in rerun.stderr
+    _assert_committed(s3, OUT_PREFIX, table, model_local)
+
+
 # -- the output lock's conditional PUT on S3 ------------------------------------------------
 
 

@@ -1,2 +1,2 @@
-"""Where fragments are scored. The local engine is ``batch_infer.executor`` (a thread pool in
-this process); ``dask`` runs the same ``runner.score_fragment`` as tasks on a Dask cluster."""
+"""Where fragments are scored: ``local`` (a thread pool in this process) or ``dask`` (tasks on a
+Dask cluster). Both run ``fragment.run_fragment``; an engine decides only where."""

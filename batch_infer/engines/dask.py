@@ -1,4 +1,4 @@
-"""The Dask engine: each fragment is one task running ``runner.score_fragment`` on a worker.
+"""The Dask engine: each fragment is one task running ``fragment.run_fragment`` on a worker.
 
 Planning, the lock, the resume records' reading, reject limits and the commit stay on the client;
 a task reads its row group, scores it and stages its output on the output's store, exactly as a
@@ -18,7 +18,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .. import storage
 from ..errors import BatchInferError, ConfigError, EngineUnavailable, ModelError, first_line
+from ..fragment import Cancelled, RejectBudget, run_fragment
+from ..model import load_model
+from ..targets import is_reject_file
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,6 @@ def worker_model(ref: ModelRef) -> Any:
         model = _MODELS.get(ref.key)
         if model is not None:
             return model
-        from ..model import load_model
-
         try:
             model = load_model(ref.config, ref.columns, ref.methods, ref.runtime)
         except BatchInferError as exc:
@@ -87,7 +89,7 @@ def worker_model(ref: ModelRef) -> Any:
 
 def _worker_name() -> str:
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # the [dask] extra, present on workers
 
         return get_worker().address
     except (ImportError, ValueError):
@@ -95,15 +97,9 @@ def _worker_name() -> str:
 
 
 def score_on_worker(fragment: Any, job: Any, ref: ModelRef) -> tuple[Any, str]:
-    """The task: the same ``score_fragment`` and resume record as the local engine."""
-    from .. import failpoints, sinks
-    from ..runner import score_fragment
-
+    """The task: the same ``run_fragment`` (score, stage, record) as the local engine."""
     job = replace(job, model=worker_model(ref))
-    staged = score_fragment(fragment, job)
-    sinks.record_fragment(job.target, fragment.name, staged.files, staged.statistics)
-    failpoints.reached("between-fragments")
-    return staged, _worker_name()
+    return run_fragment(fragment, job), _worker_name()
 
 
 @dataclass
@@ -120,7 +116,7 @@ def scheduler_address(engine: Any) -> str | None:
     """``engine.scheduler``, else Dask's own configuration; None means a LocalCluster."""
     if engine.scheduler:
         return engine.scheduler
-    import dask
+    import dask  # the [dask] extra: imported only when this engine runs
 
     return dask.config.get("scheduler-address", None)
 
@@ -130,8 +126,6 @@ def check_reachable(engine: Any, urls: dict[str, Any]) -> None:
 
     ``urls`` maps what a path is ("input", "output", "model") to (url, filesystem).
     """
-    from .. import storage
-
     remote = scheduler_address(engine) is not None
     for role, (url, fs) in urls.items():
         protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
@@ -158,12 +152,15 @@ def run_fragments(
     on_result: Callable[[Any, Any], None],
     cancel: threading.Event,
     cores: int,
+    budget: RejectBudget,
 ) -> DaskStats:
     """Run every fragment as a task; ``on_result(fragment, staged)`` on the client as each ends.
 
-    An exception from ``on_result`` (a reject limit) or from a task cancels what is left. A task
+    The reject limit holds across workers: rejects are counted here, as tasks end. An exception
+    from counting them or from a task cancels what is left. A task
     whose workers keep dying (Dask's ``allowed-failures``) ends the run with exit 75.
     """
+    # the [dask] extra: imported only when this engine runs
     from distributed import Client, LocalCluster
     from distributed.scheduler import KilledWorker
 
@@ -217,8 +214,6 @@ def run_fragments(
         try:
             while running:
                 if cancel.is_set():
-                    from ..runner import Cancelled
-
                     raise Cancelled("cancelled")
                 done = [future for future in running if future.done()]
                 if not done:
@@ -237,6 +232,9 @@ def run_fragments(
                         ) from None
                     stats.workers.add(worker)
                     finished.append(future)
+                    rejected = [f for f in staged.files if is_reject_file(f.path)]
+                    if rejected:
+                        budget.add_staged(sum(f.rows for f in rejected), job.target, rejected[0])
                     on_result(fragment, staged)
                     submit_next()
         except BaseException:

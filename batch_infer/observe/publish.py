@@ -7,17 +7,26 @@ report or metrics file that cannot be written is an error, and only when the run
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
+import os
 import posixpath
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pyarrow.parquet as pq
+
+from .. import storage
 from ..config import RunConfig
-from ..errors import BatchInferError, ConfigError, explain, first_line
+from ..errors import BatchInferError, ConfigError, InputError, explain, first_line
 from ..redaction import redact_text, redact_url
+from ..targets import MANIFEST, SUCCESS, earlier_dated_manifest, is_reject_file
+from . import html
 from .facts import RunFacts
+from .statistics import RunStatistics
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +63,7 @@ def published(config: RunConfig, facts: RunFacts) -> Iterator[RunFacts]:
             facts.exit_code = 0
         _lineage("emit_end", facts, observe.openlineage_url)
         if observe.pushgateway:
-            from . import metrics
+            from . import metrics  # prometheus_client only when asked for: start-up time
 
             metrics.push(facts, observe.pushgateway)
         _write(observe.metrics_file, "metrics file", failed, lambda p: _metrics_file(facts, p))
@@ -62,17 +71,15 @@ def published(config: RunConfig, facts: RunFacts) -> Iterator[RunFacts]:
 
 
 def _lineage(step: str, facts: RunFacts, url: str | None) -> None:
-    import os
-
     if not (url or os.environ.get("OPENLINEAGE_URL")):
         return  # openlineage-python is an extra: not imported unless asked for
-    from . import lineage
+    from . import lineage  # the [lineage] extra: imported only when lineage is asked for
 
     getattr(lineage, step)(facts, url)
 
 
 def _metrics_file(facts: RunFacts, path: str) -> None:
-    from . import metrics
+    from . import metrics  # prometheus_client only when asked for: start-up time
 
     metrics.write_textfile(facts, path)
 
@@ -84,9 +91,6 @@ def write_html(
     baseline: dict[str, Any] | None = None,
 ) -> None:
     """Render the report and write it atomically (a local path or any fsspec URL)."""
-    from .. import storage
-    from . import html
-
     data = facts.to_dict() if isinstance(facts, RunFacts) else facts
     if isinstance(facts, RunFacts):
         manifest = manifest or facts.manifest
@@ -119,15 +123,10 @@ def _write(path: str | None, what: str, failed: BaseException | None, write: Any
 def report_of_output(output: str, html_path: str) -> None:
     """The HTML report of a committed output: from its manifest, or from its data when the
     manifest predates statistics; drift against the run it was compared with, when found."""
-    import json
-
-    from .. import runner, sinks, storage
-    from ..errors import InputError
-
     fs, root = storage.resolve(output, {})
     try:
-        manifest = json.loads(fs.cat_file(storage.join(root, sinks.MANIFEST)))
-        committed = fs.exists(storage.join(root, sinks.SUCCESS))
+        manifest = json.loads(fs.cat_file(storage.join(root, MANIFEST)))
+        committed = fs.exists(storage.join(root, SUCCESS))
     except (OSError, ValueError):
         manifest, committed = None, False
     if manifest is None or not committed:
@@ -147,8 +146,6 @@ def report_of_output(output: str, html_path: str) -> None:
         bytes_written=sum(int(f.get("bytes", 0)) for f in manifest.get("files", [])),
     )
     if manifest.get("committed_at"):
-        import datetime as dt
-
         facts["finished_at"] = dt.datetime.fromisoformat(manifest["committed_at"]).timestamp()
     facts.setdefault("job", output_name(output))
     facts.setdefault("output", storage.display(fs, root))
@@ -160,7 +157,7 @@ def report_of_output(output: str, html_path: str) -> None:
     config = manifest.get("config") or {}
     template = (config.get("output") or {}).get("path", "")
     if drift.get("baseline_run_id") and manifest.get("run_date"):
-        earlier = runner.earlier_dated_manifest(template, {}, manifest["run_date"])
+        earlier = earlier_dated_manifest(template, {}, manifest["run_date"])
         if earlier and earlier.get("run_id") == drift["baseline_run_id"]:
             baseline = earlier.get("statistics")
     write_html(facts, html_path, manifest, baseline)
@@ -168,16 +165,11 @@ def report_of_output(output: str, html_path: str) -> None:
 
 def _statistics_from_data(fs: Any, root: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """Sketch a committed output by reading it (outputs written before statistics existed)."""
-    import pyarrow.parquet as pq
-
-    from .. import sinks, storage
-    from .statistics import RunStatistics
-
     features = list((manifest.get("model") or {}).get("features") or [])
     columns = manifest.get("config", {}).get("output", {}).get("columns", {})
     stats: RunStatistics | None = None
     for entry in manifest.get("files", []) + manifest.get("rejects", []):  # data files first
-        rejects = sinks.is_reject_file(entry["path"])
+        rejects = is_reject_file(entry["path"])
         with fs.open(storage.join(root, entry["path"]), "rb") as handle:
             parquet = pq.ParquetFile(handle)
             if stats is None and not rejects:

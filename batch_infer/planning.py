@@ -1,0 +1,218 @@
+"""Plan a run before anything is scored: load the model, plan the input, check they fit,
+name the output's schema, and fingerprint what the output depends on (the run key)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from . import sources, storage
+from .config import RunConfig
+from .engines import dask as dask_engine
+from .errors import (
+    BatchInferError,
+    ConfigError,
+    InputError,
+)
+from .model import LoadedModel, load_model
+from .model.contract import type_problem
+from .observe.facts import RunFacts
+from .scoring import REJECT_FIELDS, ScoringSpec, output_fields
+from .targets import (
+    Target,
+    open_target,
+    own_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedRun:
+    config: RunConfig
+    plan: sources.InputPlan
+    model: LoadedModel
+    spec: ScoringSpec
+    output_schema: pa.Schema
+    target: Target
+    fingerprint: dict[str, Any]
+    engine_stats: Any = None  # engines.dask.DaskStats when the Dask engine scored
+    facts: RunFacts | None = None
+    resumed_statistics: list[dict[str, Any]] = field(default_factory=list)  # of staged fragments
+
+    @property
+    def own_prefixes(self) -> set[str]:
+        """File-name prefixes of this run's output files (see ``Target.check``)."""
+        return {own_prefix(f.name) for f in self.plan.fragments} | {own_prefix("empty")}
+
+    @property
+    def float_columns(self) -> set[str]:
+        """Added columns of floats (probabilities, scores): nearly all distinct, no dictionary."""
+        added = self.output_schema.names[len(self.plan.schema) :]
+        return {n for n in added if pa.types.is_floating(self.output_schema.field(n).type)}
+
+
+def prepare_run(config: RunConfig) -> PreparedRun:
+    """Load the model, plan the input, check features and output: all before any scoring."""
+    output_url = config.output_path
+    # Unpickling imports scikit-learn (~0.5 s of Python); reading footers waits on storage.
+    # Overlap them. A model problem is reported first, as if loaded first.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model") as pool:
+        model_future = pool.submit(
+            load_model, config.model, config.output.columns, config.output.methods
+        )
+        try:
+            plan = sources.plan_input(config.input)
+        except BatchInferError:
+            model_future.result()
+            raise
+        model = model_future.result()
+    check_input_types(plan, model)
+    spec = ScoringSpec(
+        features=model.features,
+        columns=config.output.columns,
+        predicted_at=predicted_at_of(config.run_date),
+        model_version=model.version,
+    )
+    added = output_fields(model, spec)
+    output_schema = build_output_schema(plan.schema, added, config.output.partition_by)
+    fingerprint = fingerprint_of(config, plan, model)
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    target = open_target(
+        output_url,
+        config.output.storage_options,
+        key,
+        config.output.rejects,
+        commit_concurrency=config.output.commit_concurrency,
+    )
+    if config.engine.kind == "dask":
+        model_fs, _ = storage.resolve(config.model.path, config.model.storage_options)
+        dask_engine.check_reachable(
+            config.engine,
+            {
+                "input": (plan.root, plan.fs),
+                "output": (target.url, target.fs),
+                "model": (config.model.path, model_fs),
+            },
+        )
+    clash = [f.name for f in REJECT_FIELDS if f.name in plan.schema.names]
+    if clash:
+        raise ConfigError(
+            f"input column(s) {clash} clash with the rejects dataset's own columns",
+            "rename them upstream",
+        )
+    output_root = storage.display(target.fs, target.root)
+    if is_inside(output_root, plan.root):
+        raise ConfigError(
+            f"the output {target.url} is inside the input {plan.root}",
+            "write the output somewhere else, or a rerun would read its own output",
+        )
+    if any(is_inside(f.url, output_root) for f in plan.files):
+        raise ConfigError(
+            f"the input {plan.root} is inside the output {target.url}",
+            "keep inputs out of the output folder: overwriting it would touch them",
+        )
+    return PreparedRun(config, plan, model, spec, output_schema, target, fingerprint)
+
+
+def fingerprint_of(config: RunConfig, plan: sources.InputPlan, model: LoadedModel) -> dict[str, Any]:
+    """What the output depends on: a run with the same fingerprint writes the same bytes."""
+    output = config.output
+    return {
+        "inputs": {f.url: [f.size, f.version] for f in plan.files},
+        "model": model.sha256,
+        "scaler": model.scaler.sha256 if model.scaler else None,
+        "contract": model.contract_sha256,
+        "runtime": model.runtime,
+        "config": {
+            "features": model.features,
+            "methods": model.outputs.methods,
+            "model_version": model.version,
+            "columns": output.columns.model_dump(),
+            "partition_by": output.partition_by,
+            "compression": output.compression,
+            "row_group_size": output.row_group_size,
+            "max_rows_per_file": output.max_rows_per_file,
+            "batch_size": config.input.batch_size,
+            "run_date": config.run_date.isoformat() if config.run_date else None,
+        },
+    }
+
+
+def build_output_schema(
+    input_schema: pa.Schema, added: list[pa.Field], partition_by: list[str]
+) -> pa.Schema:
+    """Input columns then added ones; names unique, partition keys existing and flat."""
+    names = [f.name for f in added]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"output.columns gives two added columns the same name: {duplicates}",
+            "give each of prediction, probability, predicted_at and model_version its own name",
+        )
+    clashes = [n for n in names if n in input_schema.names]
+    if clashes:
+        raise ConfigError(
+            f"output column(s) {clashes} would overwrite input column(s) of the same name",
+            "rename them under output.columns in the config",
+        )
+    schema = pa.schema(list(input_schema) + added)
+    missing = [name for name in partition_by if name not in schema.names]
+    if missing:
+        raise ConfigError(
+            f"--partition-by names column(s) {missing} that the output does not have",
+            f"choose from: {', '.join(schema.names)}",
+        )
+    if len(set(partition_by)) != len(partition_by):
+        raise ConfigError(
+            f"--partition-by repeats a column: {partition_by}", "name each column once"
+        )
+    nested = [n for n in partition_by if pa.types.is_nested(schema.field(n).type)]
+    if nested:
+        raise ConfigError(
+            f"--partition-by column(s) {nested} are nested (struct, list or map)",
+            "partition by columns of plain values such as strings, integers or dates",
+        )
+    return schema
+
+
+def check_input_types(plan: sources.InputPlan, model: LoadedModel) -> None:
+    """Every feature column must exist in every file, with a type its contract accepts."""
+    for file in plan.files:
+        schema = file.schema
+        for spec in model.contract.features:
+            name = spec.name
+            if name in plan.partition_schema.names and name not in schema.names:
+                field = plan.partition_schema.field(name)
+            elif name in schema.names:
+                field = schema.field(name)
+            else:
+                raise InputError(
+                    f"{file.url} has no column {name!r}, a feature the model needs",
+                    "add the column to the input, or check --features and the model's features",
+                )
+            problem = type_problem(spec, field.type)
+            if problem is not None:
+                raise InputError(
+                    f"column {name!r} in {file.url} is {field.type}, but the model {problem}",
+                    "cast it upstream, leave it out of --features, or correct the model's "
+                    "contract (batch-infer inspect MODEL shows it)",
+                )
+
+
+def predicted_at_of(run_date: dt.date | None) -> dt.datetime:
+    if run_date is not None:
+        return dt.datetime.combine(run_date, dt.time(0, 0), tzinfo=dt.UTC)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def is_inside(child: str, parent: str) -> bool:
+    child, parent = child.rstrip("/") + "/", parent.rstrip("/") + "/"
+    return child.startswith(parent)
