@@ -49,6 +49,12 @@ class InputConfig(_Section):
         le=2**31 - 1,
         description="Rows per batch read and scored; default: ~64 MiB of each row group.",
     )
+    allow_lossy_types: bool = Field(
+        False,
+        description="Let a column whose type differs between files be read as a type that "
+        "changes some files' values (int64 with float64 as float64, uint64 with int64 as "
+        "int64); default: refuse such input (exit 3), naming the files and the column.",
+    )
 
 
 class ModelConfig(_Section):

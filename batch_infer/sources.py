@@ -6,6 +6,7 @@ own. Planning reads every footer up front, so a broken file fails the run before
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import posixpath
 import re
@@ -44,6 +45,9 @@ class InputFile:
     version: str
     metadata: pq.FileMetaData = field(repr=False)
     partition: dict[str, str | None]
+    # Columns converted to the unified type at a loss the config accepted (allow_lossy_types):
+    # cast without Arrow's overflow/truncation checks, as the user asked.
+    lossy_columns: frozenset[str] = frozenset()
 
     @property
     def num_rows(self) -> int:
@@ -137,6 +141,13 @@ def plan_input(config: InputConfig) -> InputPlan:
     ]
     partition_schema = _partition_schema(files)
     schema = _unify(files, partition_schema)
+    lossy = _lossy_columns(files, schema)
+    if lossy and not config.allow_lossy_types:
+        raise _lossy_error(files, schema, lossy)
+    files = [
+        dataclasses.replace(f, lossy_columns=frozenset(lossy[f])) if f in lossy else f
+        for f in files
+    ]
     scanned = path if len(paths) == 1 and paths[0] == path else root
     return InputPlan(
         fs=fs,
@@ -197,7 +208,7 @@ def _conform(
         if index >= 0:
             column = batch.column(index)
             if not column.type.equals(target.type):  # unified across writers (see _unify)
-                column = column.cast(target.type)
+                column = _cast(column, target, file)
             columns.append(column)
         elif target.name in partition_schema.names:
             value = file.partition.get(target.name)
@@ -208,6 +219,19 @@ def _conform(
         else:
             columns.append(pa.nulls(batch.num_rows, target.type))
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _cast(column: pa.Array, target: pa.Field, file: InputFile) -> pa.Array:
+    """A file's column in the unified type; checked unless the config accepted the loss."""
+    safe = target.name not in file.lossy_columns
+    try:
+        return column.cast(target.type, safe=safe)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputError(
+            f"column {target.name!r} of {file.url} cannot be read as {target.type}: "
+            f"{first_line(exc)}",
+            "write the column with one type in every file, or set input.allow_lossy_types: true",
+        ) from None
 
 
 def _list_files(fs: fsspec.AbstractFileSystem, path: str, url: str) -> tuple[str, list[str]]:
@@ -311,14 +335,11 @@ def _unify(files: list[InputFile], partition_schema: pa.Schema) -> pa.Schema:
     if mixed:
         schemas = [_decoded(schema, mixed) for schema in schemas]
     schema = schemas[0]
-    for f, file_schema in zip(files[1:], schemas[1:], strict=True):
+    for index, file_schema in enumerate(schemas[1:], start=1):
         try:
             schema = pa.unify_schemas([schema, file_schema], promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise InputError(
-                f"{f.url} has a schema incompatible with {files[0].url}: {first_line(exc)}",
-                "make the column types agree across files, or score the files separately",
-            ) from None
+            raise _incompatible(files, schemas, index, schema, exc) from None
     for key in partition_schema:
         if key.name not in schema.names:
             schema = schema.append(key)
@@ -348,3 +369,131 @@ def _decoded(schema: pa.Schema, names: set[str]) -> pa.Schema:
             for f in schema
         ]
     )
+
+
+def _incompatible(
+    files: list[InputFile],
+    schemas: list[pa.Schema],
+    index: int,
+    unified: pa.Schema,
+    exc: Exception,
+) -> InputError:
+    """Name the column, both files and both types that no type can hold together."""
+    fix = "make the column types agree across files, or score the files separately"
+    for column in schemas[index]:
+        if column.name not in unified.names:
+            continue
+        try:
+            pa.unify_schemas(
+                [pa.schema([unified.field(column.name)]), pa.schema([column])],
+                promote_options="permissive",
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            other = next(
+                (
+                    (f, s.field(column.name).type)
+                    for f, s in zip(files[:index], schemas[:index], strict=True)
+                    if column.name in s.names and not s.field(column.name).type.equals(column.type)
+                ),
+                (files[0], unified.field(column.name).type),
+            )
+            return InputError(
+                f"column {column.name!r} is {column.type} in {files[index].url} but "
+                f"{other[1]} in {other[0].url}: no type holds both",
+                fix,
+            )
+    return InputError(
+        f"{files[index].url} has a schema incompatible with {files[0].url}: {first_line(exc)}", fix
+    )
+
+
+def _lossy_columns(files: list[InputFile], schema: pa.Schema) -> dict[InputFile, list[str]]:
+    """Per file, the columns whose values the unified type cannot all hold exactly."""
+    found: dict[InputFile, list[str]] = {}
+    for f in files:
+        for column in f.schema:
+            if column.name in schema.names and not lossless(
+                column.type, schema.field(column.name).type
+            ):
+                found.setdefault(f, []).append(column.name)
+    return found
+
+
+def _lossy_error(
+    files: list[InputFile], schema: pa.Schema, lossy: dict[InputFile, list[str]]
+) -> InputError:
+    """The first lossy column: the file whose values would change, and a file that made it so."""
+    file, name = next((f, names[0]) for f, names in lossy.items())
+    own, unified = file.schema.field(name).type, schema.field(name).type
+    others = [f for f in files if name in f.schema.names and f.schema.field(name).type != own]
+    other = next((f for f in others if f.schema.field(name).type == unified), others[0])
+    return InputError(
+        f"column {name!r} is {own} in {file.url} but {other.schema.field(name).type} in "
+        f"{other.url}: reading both as {unified} would change values of {file.url}",
+        "write the column with one type in every file (cast it where the files are written), "
+        "or set input.allow_lossy_types: true (BATCH_INFER_INPUT__ALLOW_LOSSY_TYPES=true) to "
+        f"read it as {unified} anyway",
+    )
+
+
+_UNITS = {"s": 0, "ms": 1, "us": 2, "ns": 3}
+
+
+def lossless(source: pa.DataType, target: pa.DataType) -> bool:
+    """Whether every value of ``source`` is exactly a value of ``target`` (same kind of value).
+
+    Widening within a kind is lossless (int32 to int64, uint32 to int64, float32 to float64,
+    string to large_string, a finer timestamp unit, a dictionary to its values); a change of
+    kind (any integer to a float, a float to a decimal) or of range (uint64 to int64) is not.
+    """
+    if source.equals(target) or pa.types.is_null(source):
+        return True
+    if pa.types.is_dictionary(source):
+        return lossless(source.value_type, target)
+    if pa.types.is_dictionary(target):
+        return lossless(source, target.value_type)
+    if pa.types.is_integer(source) and pa.types.is_integer(target):
+        if pa.types.is_signed_integer(source) == pa.types.is_signed_integer(target):
+            return target.bit_width >= source.bit_width
+        return pa.types.is_unsigned_integer(source) and target.bit_width > source.bit_width
+    if pa.types.is_floating(source) and pa.types.is_floating(target):
+        return target.bit_width >= source.bit_width
+    if pa.types.is_decimal(target) and (
+        pa.types.is_decimal(source) or pa.types.is_integer(source)
+    ):
+        digits, scale = (
+            (source.precision - source.scale, source.scale)
+            if pa.types.is_decimal(source)
+            else (len(str(2 ** (source.bit_width - pa.types.is_signed_integer(source)))), 0)
+        )
+        return target.scale >= scale and target.precision - target.scale >= digits
+    if (pa.types.is_string(source) and pa.types.is_large_string(target)) or (
+        pa.types.is_binary(source) and pa.types.is_large_binary(target)
+    ):
+        return True
+    if pa.types.is_timestamp(source) and pa.types.is_timestamp(target):
+        return source.tz == target.tz and _UNITS[target.unit] >= _UNITS[source.unit]
+    if pa.types.is_date32(source) and pa.types.is_date64(target):
+        return True
+    if (pa.types.is_time(source) and pa.types.is_time(target)) or (
+        pa.types.is_duration(source) and pa.types.is_duration(target)
+    ):
+        return _UNITS[target.unit] >= _UNITS[source.unit]
+    if _is_list(source) and _is_list(target):
+        return lossless(source.value_type, target.value_type)
+    if pa.types.is_map(source) and pa.types.is_map(target):
+        return lossless(source.key_type, target.key_type) and lossless(
+            source.item_type, target.item_type
+        )
+    if pa.types.is_struct(source) and pa.types.is_struct(target):
+        fields = {target.field(i).name: target.field(i).type for i in range(target.num_fields)}
+        return all(
+            source.field(i).name in fields
+            and lossless(source.field(i).type, fields[source.field(i).name])
+            for i in range(source.num_fields)
+        )
+    return False
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
