@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import FragmentRecord, OutputFile, Target
 from .folder import (
+    COMMIT_CONCURRENCY,
     MANIFEST,
     STAGING,
     SUCCESS,
@@ -12,9 +15,33 @@ from .folder import (
     dictionary_columns,
     earlier_dated_manifest,
     is_reject_file,
-    open_target,
+    open_folder,
     own_prefix,
 )
+
+TABLE_SCHEMES = ("delta:", "iceberg:")
+
+
+def open_target(
+    url: str,
+    storage_options: dict[str, Any],
+    staging_key: str,
+    rejects: str | None = None,
+    *,
+    commit_concurrency: int = COMMIT_CONCURRENCY,
+) -> Target:
+    """The target an output URL names: ``delta:PATH``, ``iceberg:NAMESPACE.TABLE``, or a folder."""
+    if url.startswith("delta:"):
+        from . import delta  # the [delta] extra: imported only for a delta: output
+
+        return delta.open_delta(url, storage_options, staging_key, rejects)
+    if url.startswith("iceberg:"):
+        from . import iceberg  # the [iceberg] extra: imported only for an iceberg: output
+
+        return iceberg.open_iceberg(url, storage_options, staging_key, rejects)
+    return open_folder(
+        url, storage_options, staging_key, rejects, commit_concurrency=commit_concurrency
+    )
 
 __all__ = [
     "MANIFEST",
@@ -29,5 +56,6 @@ __all__ = [
     "earlier_dated_manifest",
     "is_reject_file",
     "open_target",
+    "TABLE_SCHEMES",
     "own_prefix",
 ]

@@ -56,7 +56,7 @@ BOTOCORE_POOL = 10  # botocore's default max_pool_connections
 T = TypeVar("T")
 
 
-def open_target(
+def open_folder(
     url: str,
     storage_options: dict[str, Any],
     staging_key: str,
