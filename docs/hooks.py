@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mkdocs.exceptions import PluginError
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BENCH_JSON = RESULTS / "latest.json"
@@ -32,7 +34,7 @@ SERVE_MD = RESULTS / "serve-latest.md"
 MARKER = re.compile(r"^<!-- generated:([a-z-]+) -->$", re.MULTILINE)
 
 
-class GeneratedPageError(Exception):
+class GeneratedPageError(PluginError):
     """A marker names nothing we generate, or what it is generated from is missing."""
 
 
@@ -220,12 +222,13 @@ def config_reference() -> str:
 
 def _section_model(annotation: Any) -> Any:
     """The pydantic model a field holds (``ServeSection | None`` too), or None."""
+    import types
     from typing import Union, get_args, get_origin
 
     from pydantic import BaseModel
 
     candidates = [annotation]
-    if get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType", Union)):
+    if get_origin(annotation) in (Union, types.UnionType):
         candidates = [a for a in get_args(annotation) if a is not type(None)]
     for candidate in candidates:
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
