@@ -1,0 +1,295 @@
+"""``--output delta:PATH_OR_URL``: a Delta Lake table, committed once per run with delta-rs.
+
+Data files are written into the table's folder (Delta readers see only files its log names),
+then one commit adds them all, carrying the run key twice: as an app transaction
+(``txn``: ``batch-infer:<run key>``, which the table's snapshot keeps, so "is this run key
+committed?" is one lookup) and in the commit info (``batch-infer.run-key``, ``batch-infer.run-id``,
+``batch-infer.manifest``), where the history says which version holds it. An overwrite replaces
+the partitions the run writes in the same commit (delta-rs derives the removes from the
+partition filter). On S3, delta-rs 1.x commits with conditional PUTs (``If-None-Match``), safe for
+concurrent writers without a locking provider, so nothing unsafe is switched on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec.utils
+import pyarrow as pa
+
+from .. import storage
+from ..errors import ConfigError, OutputConflictError, first_line
+from .base import OutputFile
+from .table_staging import (
+    MANIFEST_KEY,
+    RUN_ID,
+    RUN_KEY,
+    SIDE,
+    CommitConflict,
+    Committed,
+    TableTarget,
+    partition_values_of,
+    plain_type,
+)
+
+log = logging.getLogger(__name__)
+
+APP_PREFIX = "batch-infer:"
+
+
+def _deltalake() -> Any:
+    try:
+        import deltalake  # the [delta] extra: imported only for delta: outputs
+    except ImportError:
+        raise ConfigError(
+            "--output delta:... needs the deltalake package, which is not installed",
+            "pip install 'batch-infer[delta]'",
+        ) from None
+    return deltalake
+
+
+def delta_storage_options(url: str, storage_options: dict[str, Any]) -> dict[str, str]:
+    """fsspec/s3fs storage options (and the AWS environment) as delta-rs's object_store keys.
+
+    Keys already in object_store's words (``AWS_...``, ``aws_...``, ``allow_http``) pass through;
+    ``endpoint_url``, ``key``, ``secret``, ``token``, ``client_kwargs`` and ``anon`` are
+    translated; an ``http://`` endpoint (a local S3 such as moto or MinIO) needs
+    ``AWS_ALLOW_HTTP``. Credentials and region not given here come from the environment, which
+    delta-rs reads itself.
+    """
+    if fsspec.utils.get_protocol(url) not in storage.S3_PROTOCOLS:
+        return {k: str(v) for k, v in storage_options.items() if isinstance(v, (str, int, bool))}
+    options: dict[str, str] = {}
+    client = dict(storage_options.get("client_kwargs") or {})
+    names = {
+        "key": "AWS_ACCESS_KEY_ID",
+        "secret": "AWS_SECRET_ACCESS_KEY",
+        "token": "AWS_SESSION_TOKEN",
+        "endpoint_url": "AWS_ENDPOINT_URL",
+        "region_name": "AWS_REGION",
+    }
+    for source in (client, storage_options):
+        for key, value in source.items():
+            if key in names and value:
+                options[names[key]] = str(value)
+            elif key.upper().startswith("AWS_") or key in ("allow_http", "timeout"):
+                options[key] = str(value)
+    if storage_options.get("anon"):
+        options["AWS_SKIP_SIGNATURE"] = "true"
+    endpoint = options.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or (
+        os.environ.get("AWS_ENDPOINT_URL")
+    )
+    if endpoint:
+        options.setdefault("AWS_ENDPOINT_URL", endpoint)
+        if endpoint.startswith("http://"):
+            options.setdefault("AWS_ALLOW_HTTP", "true")
+    return options
+
+
+def open_delta(
+    url: str,
+    storage_options: dict[str, Any],
+    staging_key: str,
+    rejects: str | None = None,
+    *,
+    schema: pa.Schema | None = None,
+    partition_by: list[str] | None = None,
+) -> DeltaTarget:
+    """The Delta table ``delta:PATH_OR_URL`` names (created by the first commit if missing)."""
+    _deltalake()
+    location = url[len("delta:") :]
+    if not location:
+        raise ConfigError(
+            f"--output {url} names no table", "write --output delta:PATH or delta:s3://bucket/path"
+        )
+    fs, root = storage.resolve(location, storage_options)
+    root = root.rstrip("/")
+    if storage.is_local(fs):
+        table_uri = os.path.abspath(root)
+        root = table_uri
+    else:
+        table_uri = fs.unstrip_protocol(root)
+    rejects_root = None
+    if rejects:
+        rejects_fs, rejects_root = storage.resolve(rejects, storage_options)
+        if type(rejects_fs) is not type(fs):
+            raise ConfigError(
+                f"--rejects {rejects} is not on the same storage as the table {url}",
+                "put the rejects next to the table (default: <table>/_batch_infer/_rejects)",
+            )
+        rejects_root = rejects_root.rstrip("/")
+    return DeltaTarget(
+        fs=fs,
+        root=storage.join(root, SIDE),
+        url=url,
+        staging_key=staging_key,
+        rejects_root=rejects_root,
+        data_root=root,
+        table_name=table_uri,
+        schema=schema,
+        partition_by=partition_by,
+        table_uri=table_uri,
+        delta_options=delta_storage_options(location, storage_options),
+    )
+
+
+@dataclass(frozen=True)
+class DeltaTarget(TableTarget):
+    """A Delta table: see the module docstring."""
+
+    table_uri: str = ""
+    delta_options: dict[str, str] | None = None
+
+    kind = "delta"
+
+    def _table(self) -> Any | None:
+        deltalake = _deltalake()
+        options = self.delta_options or None
+        try:
+            if not deltalake.DeltaTable.is_deltatable(self.table_uri, storage_options=options):
+                return None
+            return deltalake.DeltaTable(self.table_uri, storage_options=options)
+        except deltalake.exceptions.TableNotFoundError:
+            return None
+
+    def table_exists(self) -> bool:
+        return self._table() is not None
+
+    def file_schema(self, schema: pa.Schema) -> pa.Schema:
+        """Delta has no unsigned integers and keeps timestamps in microseconds."""
+        fields = []
+        for f in schema:
+            t = plain_type(f.type)
+            if pa.types.is_unsigned_integer(t):
+                if t.bit_width == 64:
+                    raise OutputConflictError(
+                        f"column {f.name!r} is uint64, which a Delta table cannot hold",
+                        "cast it to int64 (or decimal) upstream",
+                    )
+                t = pa.int64() if t.bit_width == 32 else pa.int32() if t.bit_width == 16 else pa.int16()
+            elif pa.types.is_timestamp(t) and t.unit != "us":
+                t = pa.timestamp("us", t.tz and "UTC")
+            elif pa.types.is_timestamp(t) and t.tz not in (None, "UTC"):
+                t = pa.timestamp("us", "UTC")
+            fields.append(pa.field(f.name, t, True))
+        return pa.schema(fields)
+
+    def table_layout(self) -> tuple[pa.Schema, list[str]] | None:
+        table = self._table()
+        if table is None:
+            return None
+        arrow = pa.schema(table.schema().to_arrow())
+        return arrow, list(table.metadata().partition_columns)
+
+    def table_committed(self, key: str) -> Committed | None:
+        table = self._table()
+        if table is None or table.transaction_version(APP_PREFIX + key) is None:
+            return None
+        for entry in table.history():  # newest first
+            if entry.get(RUN_KEY) == key:
+                version = entry.get("version")
+                return Committed(
+                    run_id=str(entry.get(RUN_ID)),
+                    version=f"version {version}",
+                    manifest=entry.get(MANIFEST_KEY),
+                )
+        return Committed(run_id="", version="an expired version")
+
+    def table_files(self) -> set[str]:
+        table = self._table()
+        if table is None:
+            return set()
+        actions = table.get_add_actions(flatten=False)
+        return {str(p) for p in actions.column("path").to_pylist()}
+
+    def table_commit(
+        self,
+        files: list[OutputFile],
+        schema: pa.Schema,
+        partition_by: list[str],
+        mode: str,
+        properties: dict[str, str],
+    ) -> str:
+        deltalake = _deltalake()
+        from deltalake.transaction import (  # the [delta] extra, as above
+            AddAction,
+            CommitProperties,
+            Transaction,
+            create_table_with_add_actions,
+        )
+
+        now = int(time.time() * 1000)
+        actions = [
+            AddAction(
+                path=f.path,
+                size=f.bytes,
+                partition_values=partition_values_of(f.path),
+                modification_time=now,
+                data_change=True,
+                stats=json.dumps({"numRecords": f.rows}),
+            )
+            for f in files
+        ]
+        commit = CommitProperties(
+            custom_metadata=dict(properties),
+            app_transactions=[Transaction(app_id=APP_PREFIX + properties[RUN_KEY], version=now)],
+            max_commit_retries=0,  # we retry ourselves, checking our run key each time
+        )
+        delta_schema = deltalake.Schema.from_arrow(schema)
+        table = self._table()
+        overwrite = mode in ("overwrite", "overwrite-partitions")
+        try:
+            if table is None:
+                create_table_with_add_actions(
+                    self.table_uri,
+                    delta_schema,
+                    actions,
+                    mode="error",
+                    partition_by=partition_by,
+                    storage_options=self.delta_options or None,
+                    commit_properties=commit,
+                )
+            else:
+                filters = _partition_filters(files, partition_by) if overwrite else None
+                if overwrite and partition_by and not filters:
+                    overwrite = False  # no rows: no partition to replace
+                table.create_write_transaction(
+                    actions,
+                    "overwrite" if overwrite else "append",
+                    delta_schema,
+                    partition_by=partition_by or None,
+                    partition_filters=filters,
+                    commit_properties=commit,
+                )
+        except (
+            deltalake.exceptions.CommitFailedError,
+            deltalake.exceptions.TableAlreadyExistsError,
+        ) as exc:
+            raise CommitConflict(first_line(exc)) from exc
+        except deltalake.exceptions.DeltaError as exc:
+            if "already exists" in str(exc).lower() or "conflict" in str(exc).lower():
+                raise CommitConflict(first_line(exc)) from exc
+            raise
+        table = self._table()
+        return f"version {table.version() if table is not None else '?'}"
+
+
+def _partition_filters(
+    files: list[OutputFile], partition_by: list[str]
+) -> list[Any] | None:
+    """The partitions an overwrite replaces: those the run's files hold (DNF: an OR of ANDs).
+
+    Without partition columns, the whole table (None)."""
+    if not partition_by:
+        return None
+    seen: dict[tuple, list[tuple[str, str, Any]]] = {}
+    for f in files:
+        values = partition_values_of(f.path)
+        key = tuple(values.get(n) for n in partition_by)
+        seen[key] = [(n, "=", values.get(n)) for n in partition_by]
+    return list(seen.values()) or None

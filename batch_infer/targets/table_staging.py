@@ -1,0 +1,580 @@
+"""What Delta and Iceberg targets share: data files staged in place, recorded in one table commit.
+
+A table reader sees only the files its log (Delta) or snapshot (Iceberg) names, so a run writes
+its data files straight into the table's data folder, under names no other run uses
+(``part-<run key>-<nonce>-<fragment>-<i>.parquet``), and nothing is moved at commit time: one
+table commit adds them all, carrying the run key and the run id in the table's own metadata.
+
+Everything else a run keeps on the way (the lock, the run record, the fragment records, the
+commit plan, staged rejects, the committed manifest) lives in a side folder next to the data,
+``<table>/_batch_infer/``, handled by the folder target's machinery (``TableTarget`` is a
+``FolderTarget`` rooted there). A data file no commit names and no fragment record lists is an
+orphan of a killed attempt: removed when the run that wrote it is resumed or discarded, never
+while a commit names it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import failpoints, storage
+from ..config import OutputConfig
+from ..errors import ConfigError, LockedError, OutputConflictError, first_line
+from .base import OutputFile
+from .folder import (
+    COMMIT_INTENT,
+    REJECTS,
+    FolderTarget,
+    check_partition_values,
+    is_reject_file,
+)
+
+log = logging.getLogger(__name__)
+
+SIDE = "_batch_infer"  # the side folder inside the table: lock, run records, manifests
+MANIFESTS = "_manifests"
+SCHEMA = "_schema.arrow"  # in a run's staging: the output schema its fragments were written with
+EMPTY = "_empty"  # stands for "no rows": a table commit adds no file for it
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+COMMIT_ATTEMPTS = 4  # table commits tried against a newer version before LockedError
+RUN_KEY = "batch-infer.run-key"
+RUN_ID = "batch-infer.run-id"
+MANIFEST_KEY = "batch-infer.manifest"
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Where a table holds a run key: the commit (version or snapshot) and the run that made it."""
+
+    run_id: str
+    version: str  # "version 3" (Delta), "snapshot 7261..." (Iceberg)
+    manifest: str | None = None  # path of the run's manifest, relative to the side folder
+
+
+# -- types --------------------------------------------------------------------------------------
+
+
+def plain_type(t: pa.DataType) -> pa.DataType:
+    """The type a table column of ``t`` holds: dictionaries decoded, large variants plain."""
+    if pa.types.is_dictionary(t):
+        return plain_type(t.value_type)
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    return t
+
+
+def widens(have: pa.DataType, want: pa.DataType) -> bool:
+    """Whether values of ``have`` fit ``want`` without loss (the output into a table column)."""
+    have, want = plain_type(have), plain_type(want)
+    if have == want:
+        return True
+    if pa.types.is_integer(have) and pa.types.is_integer(want):
+        if pa.types.is_signed_integer(want):
+            bits = have.bit_width + (0 if pa.types.is_signed_integer(have) else 1)
+            return bits <= want.bit_width
+        return pa.types.is_unsigned_integer(have) and have.bit_width <= want.bit_width
+    if pa.types.is_floating(have) and pa.types.is_floating(want):
+        return have.bit_width <= want.bit_width
+    if pa.types.is_timestamp(have) and pa.types.is_timestamp(want):
+        return (have.tz is None) == (want.tz is None)  # unit: cast checked when written
+    if pa.types.is_date(have) and pa.types.is_date(want):
+        return True
+    return False
+
+
+def cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``batch`` in the table's types; a value that would change (a timestamp cut to microseconds,
+    an integer out of range) raises rather than land altered."""
+    columns = []
+    for target in schema:
+        column = batch.column(target.name)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        columns.append(column if column.type == target.type else pc.cast(column, target.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+# -- writing a fragment's files -----------------------------------------------------------------
+
+
+def partition_folder(values: dict[str, Any]) -> str:
+    parts = []
+    for name, value in values.items():
+        text = HIVE_NULL if value is None else urllib.parse.quote(partition_text(value), safe="")
+        parts.append(f"{name}={text}")
+    return "/".join(parts)
+
+
+def partition_text(value: Any) -> str:
+    """A partition value as Delta writes it in ``partitionValues`` (and in folder names)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if hasattr(value, "isoformat"):
+        return value.isoformat(sep=" ") if hasattr(value, "hour") else value.isoformat()
+    return str(value)
+
+
+def partition_values_of(relative: str) -> dict[str, str | None]:
+    """``{column: value}`` from a staged file's ``col=value/...`` folders (None for nulls)."""
+    values: dict[str, str | None] = {}
+    for part in relative.split("/")[:-1]:
+        name, _, text = part.partition("=")
+        values[name] = None if text == HIVE_NULL else urllib.parse.unquote(text)
+    return values
+
+
+def write_partitioned(
+    fs: Any,
+    base: str,
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    partition_by: list[str],
+    prefix: str,
+    config: OutputConfig,
+    keep_partition_columns: bool,
+    dictionary_columns: list[str] | bool = True,
+    where: str = "",
+) -> list[OutputFile]:
+    """Write a fragment's rows as Parquet files under ``base/<col>=<value>/prefix-<i>.parquet``.
+
+    Delta keeps partition values only in its log (``keep_partition_columns=False``); Iceberg's
+    files hold the partition columns too (``add_files`` reads the values from their statistics).
+    A fragment is one row group of the input: it is gathered in memory and split by partition.
+    """
+    table = pa.Table.from_batches(list(batches), schema=schema)
+    if partition_by:
+        for batch in table.to_batches():
+            check_partition_values(batch, partition_by, where)
+    groups: list[tuple[dict[str, Any], pa.Table]] = []
+    if partition_by and table.num_rows:
+        keys = table.select(partition_by).group_by(partition_by, use_threads=False).aggregate([])
+        for row in keys.to_pylist():
+            mask = None
+            for name in partition_by:
+                column = table.column(name)
+                test = pc.is_null(column) if row[name] is None else pc.equal(column, row[name])
+                test = pc.fill_null(test, False)
+                mask = test if mask is None else pc.and_(mask, test)
+            groups.append(({n: row[n] for n in partition_by}, table.filter(mask)))
+    elif table.num_rows:
+        groups.append(({}, table))
+    file_columns = [n for n in schema.names if keep_partition_columns or n not in partition_by]
+    written = []
+    compression = None if config.compression == "none" else config.compression
+    row_group_size = min(config.row_group_size, config.max_rows_per_file)
+    for values, rows in groups:
+        folder = partition_folder(values)
+        rows = rows.select(file_columns)
+        for i, start in enumerate(range(0, rows.num_rows, config.max_rows_per_file)):
+            chunk = rows.slice(start, config.max_rows_per_file)
+            relative = posixpath.join(folder, f"{prefix}-{i}.parquet") if folder else f"{prefix}-{i}.parquet"
+            path = storage.join(base, relative)
+            if storage.is_local(fs):
+                fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            with fs.open(path, "wb") as handle:
+                pq.write_table(
+                    chunk,
+                    handle,
+                    compression=compression,
+                    row_group_size=row_group_size,
+                    use_dictionary=dictionary_columns,
+                )
+                size = handle.tell()
+            written.append(OutputFile(relative, chunk.num_rows, size))
+    return sorted(written, key=lambda f: f.path)
+
+
+# -- the target ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableTarget(FolderTarget):
+    """A table's output: data files staged in place, one commit; see the module docstring.
+
+    ``root`` is the side folder (``<table>/_batch_infer``), ``data_root`` where data files go.
+    Subclasses say how the table is read and committed (``table_*`` methods).
+    """
+
+    data_root: str = ""
+    table_name: str = ""  # as shown in messages: the path or NAMESPACE.TABLE
+    schema: pa.Schema | None = None  # the run's output schema, when open_target is given it
+    partition_by: list[str] | None = None
+    _checked: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    # -- what a subclass provides -----------------------------------------------------------
+    def table_exists(self) -> bool:
+        raise NotImplementedError
+
+    def table_layout(self) -> tuple[pa.Schema, list[str]] | None:
+        """The existing table's schema (Arrow) and partition columns, or None."""
+        raise NotImplementedError
+
+    def table_committed(self, key: str) -> Committed | None:
+        """The latest commit of the table that carries run key ``key``."""
+        raise NotImplementedError
+
+    def table_files(self) -> set[str]:
+        """Data files the table's current version names, relative to ``data_root``."""
+        raise NotImplementedError
+
+    def table_commit(
+        self,
+        files: list[OutputFile],
+        schema: pa.Schema,
+        partition_by: list[str],
+        mode: str,
+        properties: dict[str, str],
+    ) -> str:
+        """Add ``files`` in one commit (replacing the partitions they hold for an overwrite);
+        returns the commit's name ("version 4"). Raises ``CommitConflict`` when another writer
+        got there first."""
+        raise NotImplementedError
+
+    def file_schema(self, schema: pa.Schema) -> pa.Schema:
+        """The Arrow schema the table's files are written with (a format's type limits)."""
+        return pa.schema([pa.field(f.name, plain_type(f.type), f.nullable) for f in schema])
+
+    keep_partition_columns = False
+
+    # -- checks -------------------------------------------------------------------------------
+    @property
+    def rejects_url(self) -> str:
+        return storage.display(self.fs, self.rejects_root or storage.join(self.root, REJECTS))
+
+    def check(
+        self,
+        mode: str,
+        own_prefixes: set[str],
+        schema: pa.Schema | None = None,
+        partition_by: list[str] | None = None,
+    ) -> None:
+        """Refuse a run key already committed (``--mode error``) and an output the table's
+        schema or partitioning cannot take, before anything is scored."""
+        if not storage.is_local(self.fs):
+            bucket = self.root.split("/", 1)[0]
+            if not self.fs.exists(bucket):
+                raise ConfigError(
+                    f"the bucket {bucket!r} of {self.url} does not exist or is not visible",
+                    "create the bucket, or check --output and the credentials",
+                )
+        schema = schema if schema is not None else self.schema
+        partition_by = partition_by if partition_by is not None else self.partition_by
+        if schema is not None:
+            self.check_layout(schema, partition_by or [])
+        if mode == "error":
+            committed = self.table_committed(self.staging_key)
+            if committed is not None:
+                raise OutputConflictError(
+                    f"{self.url} already holds this run (run key {self.staging_key}, run "
+                    f"{committed.run_id}, {committed.version})",
+                    "use --if-exists skip to accept it, --mode overwrite to replace its "
+                    "partitions, or another --run-date",
+                )
+
+    def check_layout(self, schema: pa.Schema, partition_by: list[str]) -> pa.Schema:
+        """The file schema to write, after checking an existing table can take ``schema``."""
+        cache_key = json.dumps([schema.to_string(show_schema_metadata=False), partition_by])
+        if cache_key in self._checked:
+            return self._checked[cache_key]
+        wanted = self.file_schema(schema)
+        layout = self.table_layout()
+        if layout is None:
+            self._checked[cache_key] = wanted
+            return wanted
+        table_schema, table_partitions = layout
+        for out_field in schema:
+            if out_field.name not in table_schema.names:
+                raise OutputConflictError(
+                    f"{self.url} has no column {out_field.name!r} ({out_field.type}) that the "
+                    f"output has",
+                    "add the column to the table, or write to another table",
+                )
+            have = table_schema.field(out_field.name).type
+            if not widens(wanted.field(out_field.name).type, have):
+                raise OutputConflictError(
+                    f"column {out_field.name!r} is {out_field.type} in the output but {have} in "
+                    f"{self.url}",
+                    "cast it upstream, or write to another table",
+                )
+        missing = [
+            f.name for f in table_schema if f.name not in schema.names and not f.nullable
+        ]
+        if missing:
+            raise OutputConflictError(
+                f"{self.url} requires column {missing[0]!r} ({table_schema.field(missing[0]).type}), "
+                "which the output does not have",
+                "write to another table",
+            )
+        if list(table_partitions) != list(partition_by):
+            raise OutputConflictError(
+                f"{self.url} is partitioned by {list(table_partitions) or 'nothing'}, the run by "
+                f"{partition_by or 'nothing'}",
+                f"pass --partition-by {','.join(table_partitions)}"
+                if table_partitions
+                else "drop --partition-by",
+            )
+        result = pa.schema([table_schema.field(n) for n in schema.names])
+        self._checked[cache_key] = result
+        return result
+
+    # -- staging ------------------------------------------------------------------------------
+    def data_prefix(self, key: str | None = None) -> str:
+        return f"part-{key or self.staging_key}-"
+
+    def stage_fragment(
+        self,
+        fragment_name: str,
+        batches: Iterable[pa.RecordBatch],
+        schema: pa.Schema,
+        config: OutputConfig,
+        dictionary_columns: list[str] | bool = True,
+    ) -> list[OutputFile]:
+        """Write one fragment's rows into the table's data folder, where no reader of the
+        table sees them until the commit names them. A fresh nonce per attempt: a rerun never
+        rewrites a file a commit may name."""
+        file_schema = self.check_layout(schema, config.partition_by)
+        self._remember_schema(schema)
+        prefix = f"{self.data_prefix()}{uuid.uuid4().hex[:8]}-{fragment_name}"
+        return write_partitioned(
+            self.fs,
+            self.data_root,
+            (cast_batch(b, file_schema) for b in batches),
+            file_schema,
+            config.partition_by,
+            prefix,
+            config,
+            self.keep_partition_columns,
+            dictionary_columns=dictionary_columns,
+            where=fragment_name,
+        )
+
+    def stage_empty(self, schema: pa.Schema, partition_by: list[str]) -> OutputFile:
+        """No rows: the commit adds no file (the table keeps its schema), only the run key."""
+        self.check_layout(schema, partition_by)
+        self._remember_schema(schema)
+        return OutputFile(EMPTY, 0, 0)
+
+    def _remember_schema(self, schema: pa.Schema) -> None:
+        """Keep the output schema with the run's records: a resumed run that scores nothing
+        more still commits with it."""
+        if "schema-written" in self._checked:
+            return
+        path = storage.join(self.staging, SCHEMA)
+        if not self.fs.exists(path):
+            storage.write_bytes_atomically(self.fs, path, schema.serialize().to_pybytes())
+        self._checked["schema-written"] = True
+
+    def _orphans(self, key: str, keep: set[str]) -> list[str]:
+        """Data files of run key ``key`` that neither ``keep`` nor the table names."""
+        fs, prefix = self.fs, self.data_prefix(key)
+        if not fs.isdir(self.data_root):
+            return []
+        found = []
+        for path in fs.find(self.data_root):
+            relative = posixpath.relpath(path, self.data_root)
+            if posixpath.basename(relative).startswith(prefix) and not any(
+                part.startswith(("_", ".")) for part in relative.split("/")[:-1]
+            ):
+                found.append(relative)
+        if not found:
+            return []
+        candidates = [p for p in found if p not in keep]
+        if not candidates:
+            return []
+        named = self.table_files() if self.table_exists() else set()
+        return [storage.join(self.data_root, p) for p in candidates if p not in named]
+
+    def discard_unrecorded(self, done: set[str]) -> None:
+        """Drop data files of fragments whose record was never written (a killed attempt)."""
+        keep = {f.path for r in self.recorded_fragments().values() for f in r.files}
+        stale = self._orphans(self.staging_key, keep)
+        if stale:
+            log.info("removing %d data file(s) of unfinished fragments", len(stale))
+            self._delete(stale)
+        super().discard_unrecorded(done)
+
+    def discard_staging(self, key: str | None = None) -> None:
+        """Drop a run's records and the data files no commit names (this run's by default)."""
+        try:
+            stale = self._orphans(key or self.staging_key, set())
+            if stale:
+                self._delete(stale)
+        except OSError as exc:  # cleanup must never hide the real outcome
+            log.warning("could not remove staged data files: %s", first_line(exc))
+        super().discard_staging(key)
+
+    def abort_unfinished_uploads(self) -> None:
+        super().abort_unfinished_uploads()
+
+    # -- committing ---------------------------------------------------------------------------
+    def is_committed(self) -> bool:
+        """Whether the table holds this run key."""
+        return self.table_committed(self.staging_key) is not None
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest of the commit holding this run key, or None."""
+        committed = self.table_committed(self.staging_key)
+        if committed is None:
+            return None
+        try:
+            if committed.manifest:
+                manifest = json.loads(
+                    self.fs.cat_file(storage.join(self.root, committed.manifest))
+                )
+                return {**manifest, "table_commit": committed.version}
+        except (OSError, ValueError):
+            pass
+        return {"run_id": committed.run_id, "table_commit": committed.version}
+
+    def commit(
+        self,
+        files: list[OutputFile],
+        manifest: dict[str, Any],
+        mode: str,
+        own_prefixes: set[str],
+        previous: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write the commit plan to staging, then carry it out (``finish_commit``)."""
+        data = [f for f in files if not is_reject_file(f.path) and f.path != EMPTY]
+        rejects = [f for f in files if is_reject_file(f.path)]
+        manifest = {
+            **manifest,
+            "output_kind": self.kind,
+            "table": self.table_name,
+            "files": [{"path": f.path, "rows": f.rows, "bytes": f.bytes} for f in data],
+            "rejects": [{"path": f.path, "rows": f.rows, "bytes": f.bytes} for f in rejects],
+            "rejects_location": self.rejects_url,
+            "rows_committed": sum(f.rows for f in data),
+        }
+        schema = self.check_layout(self._schema_of(manifest), manifest.get("partition_by") or [])
+        intent = {
+            "mode": mode,
+            "manifest": manifest,
+            "schema": schema.serialize().to_pybytes().hex(),
+            "partition_by": manifest.get("partition_by") or [],
+        }
+        storage.write_bytes_atomically(
+            self.fs, storage.join(self.staging, COMMIT_INTENT), json.dumps(intent).encode()
+        )
+        return self.finish_commit()
+
+    kind = "table"
+
+    def _schema_of(self, manifest: dict[str, Any]) -> pa.Schema:
+        if self.schema is not None:
+            return self.schema
+        data = self.fs.cat_file(storage.join(self.staging, SCHEMA))
+        return pa.ipc.read_schema(pa.py_buffer(data))
+
+    def finish_commit(self) -> dict[str, Any]:
+        """Carry out the commit plan: rejects into place, the manifest, then ONE table commit.
+
+        Safe to repeat: a plan whose run id the table already holds is not committed again.
+        """
+        intent = self.pending_commit()
+        if intent is None:
+            raise RuntimeError(f"no commit plan in {self.staging}")
+        manifest = intent["manifest"]
+        run_id = manifest["run_id"]
+        committed = self.table_committed(self.staging_key)
+        if committed is not None and committed.run_id == run_id:
+            log.info("run %s is already committed to %s (%s)", run_id, self.url, committed.version)
+            self.finish_cleanup(intent)
+            return {**manifest, "table_commit": committed.version}
+        schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(intent["schema"])))
+        self._place_rejects([e["path"] for e in manifest["rejects"]])
+        manifest_path = posixpath.join(MANIFESTS, f"{run_id}.json")
+        storage.write_bytes_atomically(
+            self.fs, storage.join(self.root, manifest_path), json.dumps(manifest, indent=2).encode()
+        )
+        files = [OutputFile(e["path"], e["rows"], e["bytes"]) for e in manifest["files"]]
+        properties = {RUN_KEY: self.staging_key, RUN_ID: run_id, MANIFEST_KEY: manifest_path}
+        failpoints.reached("before-success")  # staged and planned; the table is unchanged
+        version = self._commit_with_retries(files, schema, intent["partition_by"], intent["mode"], properties)
+        log.info("committed run %s to %s as %s", run_id, self.url, version)
+        failpoints.reached("after-success")  # committed; the run's records not yet cleaned
+        self.finish_cleanup(intent)
+        return {**manifest, "table_commit": version}
+
+    def _commit_with_retries(
+        self,
+        files: list[OutputFile],
+        schema: pa.Schema,
+        partition_by: list[str],
+        mode: str,
+        properties: dict[str, str],
+    ) -> str:
+        error: Exception | None = None
+        for attempt in range(COMMIT_ATTEMPTS):
+            if attempt:
+                committed = self.table_committed(self.staging_key)
+                if committed is not None and committed.run_id == properties[RUN_ID]:
+                    return committed.version  # our commit landed; its answer was lost
+                time.sleep(min(0.2 * 2**attempt, 2.0))
+                log.warning(
+                    "%s changed while committing (%s); trying again (%d of %d)",
+                    self.url,
+                    first_line(error) if error else "",
+                    attempt + 1,
+                    COMMIT_ATTEMPTS,
+                )
+            try:
+                return self.table_commit(files, schema, partition_by, mode, properties)
+            except CommitConflict as exc:
+                error = exc
+        raise LockedError(
+            f"{self.url} kept changing under the commit ({COMMIT_ATTEMPTS} attempts): "
+            f"{first_line(error) if error else 'conflict'}",
+            "retry the run: the staged files are kept and committed by the rerun",
+        )
+
+    def _place_rejects(self, paths: list[str]) -> None:
+        """Move staged rejects to ``<rejects>/<run key>/...`` (skipping those already moved)."""
+        staged = set(self._staged_files())
+        moves = [(self.staged_path(p), self.final_path(p)) for p in paths if self.staged_path(p) in staged]
+        self._move(moves)
+
+    def final_path(self, relative: str) -> str:
+        if is_reject_file(relative):
+            tail = relative[len(REJECTS) + 1 :]
+            base = self.rejects_root or storage.join(self.root, REJECTS)
+            return storage.join(base, self.staging_key, tail)
+        return storage.join(self.data_root, relative)
+
+    def committed_but_not_cleaned(self) -> dict[str, Any] | None:
+        """The plan of this run, killed after its table commit: committed, records pending."""
+        intent = self.pending_commit()
+        if intent is None:
+            return None
+        committed = self.table_committed(self.staging_key)
+        if committed is None or committed.run_id != intent["manifest"].get("run_id"):
+            return None
+        log.info(
+            "run %s is already committed to %s (%s): not committing again",
+            committed.run_id,
+            self.url,
+            committed.version,
+        )
+        return intent
+
+    def finish_cleanup(self, intent: dict[str, Any]) -> None:
+        """After the table commit: drop the run's records (its data files are the table's now)."""
+        super().discard_staging()
+
+
+class CommitConflict(Exception):
+    """Another writer committed to the table first; try again against its new version."""
