@@ -114,6 +114,16 @@ def redact_url(url: str) -> str:
     return redact_text(urlunsplit(parts._replace(netloc=netloc, query=query)))
 
 
+def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """The URL without ``user:password@``, and the user and password it held (basic auth, or
+    a dataset's name, which never carries credentials)."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if "@" not in parts.netloc:
+        return url, None, None
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return bare, parts.username, parts.password
+
+
 def redact_text(text: str) -> str:
     """Free text (a log line, an error, a traceback) with every secret we know of masked."""
     for secret in sorted(_remembered, key=len, reverse=True):

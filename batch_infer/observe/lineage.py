@@ -30,6 +30,7 @@ from openlineage.client.facet_v2 import (
 from openlineage.client.transport.http import HttpConfig, HttpTransport
 from openlineage.client.uuid import generate_new_uuid
 
+from ..redaction import split_userinfo
 from .facts import RunFacts
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _emit(facts: RunFacts, url: str | None, state: RunState, when: float) -> Non
         log.warning(
             "could not send the OpenLineage %s event to %s: %s",
             state.value,
-            _without_credentials(url),
+            split_userinfo(url)[0],  # never the credentials
             " ".join(str(exc).split()) or type(exc).__name__,
         )
 
@@ -173,12 +174,5 @@ def dataset_name(url: str) -> tuple[str, str]:
     if parts.scheme in ("", "file"):
         return "file", os.path.abspath(parts.path if parts.scheme else url).rstrip("/") or "/"
     scheme = SCHEMES.get(parts.scheme, parts.scheme)
-    authority = parts.netloc.rpartition("@")[2]  # never credentials
+    authority = urlsplit(split_userinfo(url)[0]).netloc  # a name never carries credentials
     return f"{scheme}://{authority}", parts.path.strip("/")
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.username:
-        return url
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()

@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Gauge, Info, pushadd_to_gateway
 from prometheus_client.exposition import basic_auth_handler, default_handler, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..errors import ConfigError
+from ..redaction import split_userinfo
 from .facts import RunFacts
 
 log = logging.getLogger(__name__)
@@ -175,16 +175,12 @@ def push(facts: RunFacts, gateway: str, job: str = "batch-infer") -> bool:
 
 def _without_credentials(gateway: str) -> tuple[str, Callable[..., Any]]:
     """``https://user:password@host`` becomes basic auth, kept out of the URL that is logged."""
-    parts = urlsplit(gateway if "://" in gateway else f"http://{gateway}")
-    if not parts.username:
+    url, user, password = split_userinfo(gateway)
+    if user is None:
         return gateway, default_handler
-    user, password = parts.username, parts.password or ""
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    url = urlunsplit(parts._replace(netloc=netloc))
 
     def handler(url, method, timeout, headers, data):
-        return basic_auth_handler(url, method, timeout, headers, data, user, password)
+        return basic_auth_handler(url, method, timeout, headers, data, user, password or "")
 
     return url, handler
 
