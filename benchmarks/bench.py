@@ -33,6 +33,7 @@ benchmarks/data/partial.md, so benchmarks/results/latest.md always holds a whole
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -769,7 +770,16 @@ def main() -> None:
     target.mkdir(parents=True, exist_ok=True)
     (target / f"{stem}.md").write_text(text + "\n")
     (target / f"{stem}.json").write_text(
-        json.dumps({"results": results, "startup": startup}, indent=2)
+        json.dumps(
+            {
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "machine": machine(),
+                "command": command.strip("`"),
+                "results": results,
+                "startup": startup,
+            },
+            indent=2,
+        )
     )
     shutil.rmtree(SCRATCH, ignore_errors=True)
     print(text)
@@ -786,6 +796,24 @@ def main() -> None:
             + "\n"
         )
         raise SystemExit(1)
+
+
+def machine() -> str:
+    """What the figures were measured on: cores, memory, CPU model, OS, Python."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cores = len(os.sched_getaffinity(0))
+    return (
+        f"{cores} cores{f' ({cpu})' if cpu else ''}, {memory:.0f} GiB, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 if __name__ == "__main__":
