@@ -15,9 +15,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import failpoints, sources
+from . import failpoints
 from .config import OutputConfig
 from .errors import BatchInferError, InputError, ModelError, first_line
+from .inputs import Fragment, read_fragment
 from .model import LoadedModel
 from .observe.statistics import RunStatistics
 from .scoring import RowOrigin, ScoringSpec, score_batch
@@ -105,7 +106,7 @@ class RejectBudget:
 
 
 def score_fragment(
-    fragment: sources.Fragment,
+    fragment: Fragment,
     job: FragmentJob,
     cancel: threading.Event | None = None,
     budget: RejectBudget | None = None,
@@ -117,7 +118,7 @@ def score_fragment(
         statistics = RunStatistics(*job.statistics)
 
     def scored() -> Iterator[pa.RecordBatch]:
-        batches = sources.read_fragment(
+        batches = read_fragment(
             job.input_fs,
             fragment,
             job.input_schema,
@@ -176,7 +177,7 @@ def score_fragment(
     )
 
 
-def _row_count_mismatch(fragment: sources.Fragment, read: int) -> InputError:
+def _row_count_mismatch(fragment: Fragment, read: int) -> InputError:
     return InputError(
         f"{fragment.describe()} holds {'more than ' if read > fragment.num_rows else ''}"
         f"{read} rows but its footer says {fragment.num_rows}: the file is corrupt",
@@ -185,7 +186,7 @@ def _row_count_mismatch(fragment: sources.Fragment, read: int) -> InputError:
 
 
 def run_fragment(
-    fragment: sources.Fragment,
+    fragment: Fragment,
     job: FragmentJob,
     cancel: threading.Event | None = None,
     budget: RejectBudget | None = None,

@@ -23,7 +23,7 @@ def describe(path: str, scaler: str | None = None, contract: str | None = None) 
 
 def describe_parquet(path: str) -> Description:
     from .config import InputConfig
-    from .sources import plan_input
+    from .inputs import plan_input
 
     plan = plan_input(InputConfig(path=path))
     files = [

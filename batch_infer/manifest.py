@@ -142,6 +142,7 @@ def build_manifest(prepared: PreparedRun, run_id: str, files: list[OutputFile]) 
         "run_date": prepared.config.run_date.isoformat() if prepared.config.run_date else None,
         "predicted_at": prepared.spec.predicted_at.isoformat(),
         "config": prepared.config.redacted(),
+        "input_version": plan.version,  # a table's version or snapshot; None for files
         "inputs": [
             {"path": f.url, "bytes": f.size, "rows": f.num_rows, "row_groups": f.num_row_groups}
             for f in plan.files

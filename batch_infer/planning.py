@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import sources, storage
+from . import storage
 from .config import RunConfig
 from .engines import dask as dask_engine
 from .errors import (
@@ -21,6 +21,7 @@ from .errors import (
     ConfigError,
     InputError,
 )
+from .inputs import InputPlan, plan_input
 from .model import LoadedModel, load_model
 from .model.contract import type_problem
 from .observe.facts import RunFacts
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class PreparedRun:
     config: RunConfig
-    plan: sources.InputPlan
+    plan: InputPlan
     model: LoadedModel
     spec: ScoringSpec
     output_schema: pa.Schema
@@ -69,7 +70,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
             load_model, config.model, config.output.columns, config.output.methods
         )
         try:
-            plan = sources.plan_input(config.input)
+            plan = plan_input(config.input)
         except BatchInferError:
             model_future.result()
             raise
@@ -122,11 +123,12 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     return PreparedRun(config, plan, model, spec, output_schema, target, fingerprint)
 
 
-def fingerprint_of(config: RunConfig, plan: sources.InputPlan, model: LoadedModel) -> dict[str, Any]:
+def fingerprint_of(config: RunConfig, plan: InputPlan, model: LoadedModel) -> dict[str, Any]:
     """What the output depends on: a run with the same fingerprint writes the same bytes."""
     output = config.output
     return {
         "inputs": {f.url: [f.size, f.version] for f in plan.files},
+        **({"input_version": plan.version} if plan.version else {}),
         "model": model.sha256,
         "scaler": model.scaler.sha256 if model.scaler else None,
         "contract": model.contract_sha256,
@@ -183,7 +185,7 @@ def build_output_schema(
     return schema
 
 
-def check_input_types(plan: sources.InputPlan, model: LoadedModel) -> None:
+def check_input_types(plan: InputPlan, model: LoadedModel) -> None:
     """Every feature column must exist in every file, with a type its contract accepts."""
     for file in plan.files:
         schema = file.schema

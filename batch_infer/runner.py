@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from . import failpoints, lock, redaction, sources
+from . import failpoints, lock, redaction
 from .config import RunConfig
 from .engines import dask as dask_engine
 from .engines import local as local_engine
@@ -28,6 +28,7 @@ from .errors import (
 )
 from .executor import available_cores
 from .fragment import FragmentJob, RejectBudget, StagedFragment
+from .inputs import Fragment
 from .logs import RUN_ID
 from .manifest import (
     build_manifest,
@@ -248,7 +249,7 @@ def _score(
 
     facts = prepared.facts or RunFacts(job="")
 
-    def advance(fragment: sources.Fragment, rows: int) -> None:
+    def advance(fragment: Fragment, rows: int) -> None:
         row_groups_left[fragment.file.path] -= 1
         finished_file = int(row_groups_left[fragment.file.path] == 0)
         progress.advance(rows=rows, fragments=1, files=finished_file)
@@ -265,9 +266,9 @@ def _score(
     for files in done.values():
         budget.count += sum(f.rows for f in files if is_reject_file(f.path))
 
-    results: list[tuple[sources.Fragment, StagedFragment]] = []
+    results: list[tuple[Fragment, StagedFragment]] = []
 
-    def finished(fragment: sources.Fragment, staged: StagedFragment) -> None:
+    def finished(fragment: Fragment, staged: StagedFragment) -> None:
         results.append((fragment, staged))
         advance(fragment, staged.rows)
 

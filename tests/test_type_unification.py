@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from batch_infer.sources import lossless
+from batch_infer.inputs import lossless
 
 from .conftest import churn_table, read_output, write_parquet
 from .test_bad_input import BAD_INPUT, assert_fails, assert_nothing_committed, invoke, run_args

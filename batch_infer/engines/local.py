@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 
 from ..executor import available_cores, library_threads, run_parallel
 from ..fragment import FragmentJob, RejectBudget, StagedFragment, run_fragment
-from ..sources import Fragment
+from ..inputs import Fragment
 
 
 def run_fragments(

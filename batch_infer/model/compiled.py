@@ -19,7 +19,7 @@ import sklearn
 
 from ..config import InputConfig, ModelConfig, OutputColumns
 from ..errors import ModelError
-from ..sources import plan_input
+from ..inputs import plan_input
 from .cache import FORMAT, artifact_folder, column_bases, find_compiled, store
 from .inputs import model_input, unscorable_rows
 from .load import load_model, sample_frame

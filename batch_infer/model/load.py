@@ -258,7 +258,7 @@ def contract_for(
     )
     if sample:
         from ..config import InputConfig
-        from ..sources import plan_input
+        from ..inputs import plan_input
 
         plan = plan_input(InputConfig(path=sample))
         frame = sample_frame(plan, names)

@@ -1,31 +1,29 @@
-"""Plan the input (files, their footers, row-group fragments) and stream record batches from it.
+"""A folder (or file, or glob) of Parquet files as an input: plan its fragments, read them.
 
-A :class:`Fragment` is one row group of one file: the unit that is read, scored and staged on its
-own. Planning reads every footer up front, so a broken file fails the run before any scoring.
+Planning reads every footer up front, so a broken file fails the run before any scoring; the
+column types of all files are unified losslessly or refused. ``read_fragment`` reads one row
+group of any Parquet data file, so table inputs, whose data files are Parquet, use it too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import posixpath
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
-from .config import InputConfig
-from .errors import InputError, first_line, from_store
+from .. import storage
+from ..config import InputConfig
+from ..errors import InputError, first_line, from_store
+from .base import Fragment, InputFile, InputPlan
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-BATCH_BYTES = 64 * 1024 * 1024  # decoded bytes per batch when no batch size is configured
-MIN_BATCH_ROWS = 1024
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -34,93 +32,7 @@ def has_magic(path: str) -> bool:
     return _GLOB_CHARS.search(path) is not None
 
 
-@dataclass(frozen=True, eq=False)
-class InputFile:
-    """One Parquet file of the input, with its footer already read."""
-
-    path: str
-    url: str
-    relative_path: str
-    size: int
-    version: str
-    metadata: pq.FileMetaData = field(repr=False)
-    partition: dict[str, str | None]
-    # Columns converted to the unified type at a loss the config accepted (allow_lossy_types):
-    # cast without Arrow's overflow/truncation checks, as the user asked.
-    lossy_columns: frozenset[str] = frozenset()
-
-    @property
-    def num_rows(self) -> int:
-        """Rows the row groups hold: what a reader reads (some writers put 0 in the file total)."""
-        return sum(self.metadata.row_group(i).num_rows for i in range(self.num_row_groups))
-
-    @property
-    def num_row_groups(self) -> int:
-        return self.metadata.num_row_groups
-
-    @property
-    def schema(self) -> pa.Schema:
-        return self.metadata.schema.to_arrow_schema()
-
-    def first_row(self, row_group: int) -> int:
-        """Index in the file of a row group's first row."""
-        return sum(self.metadata.row_group(i).num_rows for i in range(row_group))
-
-
-@dataclass(frozen=True, eq=False)
-class Fragment:
-    """One row group of one input file."""
-
-    file: InputFile
-    row_group: int
-    num_rows: int
-
-    @property
-    def name(self) -> str:
-        """A stable name for this fragment's output files: same input, same name on every rerun."""
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", posixpath.basename(self.file.path))
-        stem = stem.removesuffix(".parquet").removeprefix("part-")[:60]
-        digest = hashlib.sha1(self.file.relative_path.encode()).hexdigest()[:8]
-        return f"{stem}-{digest}-rg{self.row_group:05d}"
-
-    def describe(self) -> str:
-        return f"row group {self.row_group} of {self.file.url}"
-
-    def batch_rows(self, target_bytes: int = BATCH_BYTES) -> int:
-        """Rows per batch so a decoded batch holds about ``target_bytes``, whatever the row width."""
-        row_group = self.file.metadata.row_group(self.row_group)
-        bytes_per_row = max(1.0, row_group.total_byte_size / max(1, row_group.num_rows))
-        return max(MIN_BATCH_ROWS, min(max(1, self.num_rows), int(target_bytes / bytes_per_row)))
-
-
-@dataclass(eq=False)
-class InputPlan:
-    """Everything known about the input before reading any data."""
-
-    fs: fsspec.AbstractFileSystem
-    root: str
-    files: list[InputFile]
-    schema: pa.Schema
-    partition_schema: pa.Schema
-
-    @property
-    def fragments(self) -> list[Fragment]:
-        return [
-            Fragment(f, rg, f.metadata.row_group(rg).num_rows)
-            for f in self.files
-            for rg in range(f.num_row_groups)
-        ]
-
-    @property
-    def total_rows(self) -> int:
-        return sum(f.num_rows for f in self.files)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-
-def plan_input(config: InputConfig) -> InputPlan:
+def plan_folder(config: InputConfig) -> InputPlan:
     """Resolve the input URL to files, read every footer and unify the schema."""
     fs, path = storage.resolve(config.path, config.storage_options)
     root, paths = _list_files(fs, path, config.path)
@@ -458,9 +370,7 @@ def lossless(source: pa.DataType, target: pa.DataType) -> bool:
         return pa.types.is_unsigned_integer(source) and target.bit_width > source.bit_width
     if pa.types.is_floating(source) and pa.types.is_floating(target):
         return target.bit_width >= source.bit_width
-    if pa.types.is_decimal(target) and (
-        pa.types.is_decimal(source) or pa.types.is_integer(source)
-    ):
+    if pa.types.is_decimal(target) and (pa.types.is_decimal(source) or pa.types.is_integer(source)):
         digits, scale = (
             (source.precision - source.scale, source.scale)
             if pa.types.is_decimal(source)
