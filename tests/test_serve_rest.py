@@ -332,34 +332,84 @@ def test_a_row_the_model_refuses_is_a_400_naming_the_row_and_the_column(client, 
 
 
 def test_predict_and_batch_predict_for_simple_clients(client):
+    """The seed apps' clients, unchanged: {"features": {...}} (Flask) and the flat body
+    (FastAPI), answered with the label and the whole predict_proba row of the model itself."""
+    import joblib
+    import pandas as pd
+
     rows = churn_rows(4)
     records = [dict(zip(FEATURES, r, strict=True)) for r in rows]
     version = client.get("/v2/models/churn").json()["versions"][0]
-    reference = client.post("/v2/models/churn/infer", json=columns_request(rows)).json()
-    labels, probabilities = (o["data"] for o in reference["outputs"])
-    single = client.post("/predict", json={"features": records[0]}).json()
-    assert single == {
-        "prediction": labels[0],
-        "probability": probabilities[0],
-        "model_version": version,
-    }
+    scaler, model = joblib.load(SCALER), joblib.load(MODEL)
+    scaled = scaler.transform(pd.DataFrame(rows, columns=FEATURES))
+    labels, probabilities = model.predict(scaled).tolist(), model.predict_proba(scaled)
+    nested = client.post("/predict", json={"features": records[0]}).json()
+    flat = client.post("/predict", json=records[0]).json()
+    assert nested == flat
+    assert list(flat) == ["prediction", "probability", "model_version"]
+    assert flat["prediction"] == labels[0] and flat["model_version"] == version
+    np.testing.assert_allclose(flat["probability"], probabilities[0], rtol=1e-12, atol=0)
     several = client.post("/batch_predict", json={"instances": records}).json()
-    assert several["predictions"] == labels and several["probabilities"] == probabilities
+    assert several["predictions"] == labels
+    np.testing.assert_allclose(several["probabilities"], probabilities, rtol=1e-12, atol=0)
+    assert [len(p) for p in several["probabilities"]] == [2] * 4
     missing = client.post("/predict", json={"features": {"age": 30}})
     assert missing.status_code == 400
     assert "features has no feature 'tenure'" in missing.json()["error"]
+    flat_missing = client.post("/predict", json={"age": 30})
+    assert flat_missing.status_code == 400
+    assert "the request body has no feature 'tenure'" in flat_missing.json()["error"]
     assert client.post("/batch_predict", json={"rows": []}).status_code == 400
+    wrong = client.post("/predict", json={**records[0], "age": True})
+    assert wrong.status_code == 400 and "input 'age' holds true" in wrong.json()["error"]
 
 
-def test_the_openapi_document_describes_the_real_schemas(client):
+def test_the_openapi_document_describes_the_served_model(client):
     document = client.get("/openapi.json").json()
     schemas = document["components"]["schemas"]
-    infer = document["paths"]["/v2/models/{name}/infer"]["post"]
-    body_ref = infer["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-    assert body_ref == "#/components/schemas/InferenceRequest"
-    assert {"inputs", "outputs", "parameters"} <= set(schemas["InferenceRequest"]["properties"])
-    assert "RequestInput" in schemas and "InferenceResponse" in schemas
-    assert "/predict" in document["paths"] and "/batch_predict" in document["paths"]
+    features = schemas["Features"]
+    assert features["required"] == FEATURES
+    assert {name: features["properties"][name]["type"] for name in FEATURES} == dict.fromkeys(
+        FEATURES, "number"
+    )
+    assert set(features["example"]) == set(FEATURES)
+
+    def body(path: str) -> dict:
+        return document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+
+    assert body("/predict")["schema"]["anyOf"] == [
+        {"$ref": "#/components/schemas/PredictRequest"},
+        {"$ref": "#/components/schemas/Features"},
+    ]
+    assert schemas["PredictRequest"]["required"] == ["features"]
+    instances = schemas["BatchPredictRequest"]["properties"]["instances"]
+    assert instances["items"] == {"$ref": "#/components/schemas/Features"}
+    infer = schemas["InferenceRequest"]
+    tensors = infer["properties"]["inputs"]["prefixItems"]
+    assert [
+        (t["properties"]["name"]["const"], t["properties"]["datatype"]["const"]) for t in tensors
+    ] == [(name, "FP64") for name in FEATURES]
+    assert infer["properties"]["outputs"]["items"]["properties"]["name"]["enum"] == [
+        "prediction",
+        "probability",
+    ]
+    assert body("/v2/models/{name}/infer")["schema"] == {
+        "$ref": "#/components/schemas/InferenceRequest"
+    }
+    version = client.get("/v2/models/churn").json()["versions"][0]
+    parameters = document["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"][
+        "parameters"
+    ]
+    assert {p["name"]: p["schema"]["enum"] for p in parameters} == {
+        "name": ["churn"],
+        "version": [version],
+    }
+    assert schemas["PredictResponse"]["properties"]["probability"]["minItems"] == 2
+    # the documented examples are accepted as they stand (what Swagger UI's form sends)
+    for path in ("/predict", "/batch_predict", "/v2/models/churn/infer"):
+        template = path.replace("churn", "{name}")
+        response = client.post(path, json=body(template)["example"])
+        assert response.status_code == 200, (path, response.text)
     assert client.get("/docs").status_code == 200
 
 

@@ -1,7 +1,8 @@
 """`batch-infer serve`: the models `run` scores, answering requests online with the same outputs.
 
-REST (``rest``) and gRPC (``grpc``) only translate the Open Inference Protocol to and from the
-data plane (``dataplane``), which decodes a request into the Arrow batch `run` would have read
+REST (``rest``) and gRPC (``grpc``) only translate the Open Inference Protocol (and the seed
+apps' simple endpoints) to and from the data plane (``dataplane``), in the types of
+``protocol``; the data plane decodes a request into the Arrow batch `run` would have read
 (``codecs``), gathers concurrent requests into one model call (``batching``), optionally answers
 repeated rows from a cache (``cache``) and scores with the same core as `run`
 (``batch_infer.scoring.score_batch``).
@@ -20,14 +21,19 @@ __all__ = [
     "InferOutput",
     "InferRequest",
     "InferResponse",
+    "Predictions",
     "RequestedOutput",
     "ServeError",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import dataplane
+    if name == "DataPlane":
+        from .dataplane import DataPlane
 
-        return getattr(dataplane, name)
+        return DataPlane
+    if name in __all__:
+        from . import protocol
+
+        return getattr(protocol, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

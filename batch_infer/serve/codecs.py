@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from ..errors import first_line
 from ..model.contract import Contract, FeatureSpec, type_problem
-from .dataplane import InferInput, InferRequest, ServeError
+from .protocol import InferInput, InferRequest, ServeError
 
 ARROW_TYPES = {
     "BOOL": pa.bool_(),
@@ -59,10 +59,10 @@ def decode_request(request: InferRequest, contract: Contract) -> pa.RecordBatch:
             f"({', '.join(names)}) or one [N, {len(names)}] tensor"
         )
     by_name: dict[str, InferInput] = {}
-    for tensor in inputs:
-        if tensor.name in by_name:
+    for tensor in inputs:  # inputs that are not features are passed by, as `run` does
+        if tensor.name in by_name and tensor.name in names:
             raise ServeError(f"input {tensor.name!r} is given twice — send each input once")
-        by_name[tensor.name] = tensor
+        by_name.setdefault(tensor.name, tensor)
     content_type = request.parameters.get("content_type")
     if len(inputs) == 1 and inputs[0].name not in names and content_type != "pd":
         return _from_matrix(inputs[0], contract)
@@ -192,10 +192,22 @@ def _arrow(name: str, datatype: str, values: Any) -> pa.Array:
                 f"input {name!r} is declared BYTES but holds {odd!r} — send text, or declare "
                 "the input's numeric datatype (FP64, INT64)"
             )
+    elif datatype != "BOOL" and not isinstance(values, np.ndarray):
+        odd = next((v for v in values if v is True or v is False), None)
+        if odd is not None:  # JSON true/false is not a number (Arrow would read 1/0)
+            raise ServeError(
+                f"input {name!r} holds {str(odd).lower()} where {datatype} numbers are "
+                "expected — send numbers (or declare the input BOOL)"
+            )
     try:
         if isinstance(values, np.ndarray):
             column = pa.array(values)
             return column if column.type == arrow_type else column.cast(arrow_type)
+        if datatype.startswith("FP"):  # JSON integers beyond int64 are numbers all the same
+            try:
+                return pa.array(values, type=arrow_type)
+            except pa.ArrowInvalid:
+                values = [float(v) if isinstance(v, int) else v for v in values]
         return pa.array(values, type=arrow_type)
     except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeDecodeError) as exc:
         raise ServeError(
@@ -251,7 +263,7 @@ def request_from_records(records: Any, contract: Contract, what: str = "instance
         values = []
         for index, record in enumerate(records):
             if spec.name not in record:
-                where = f"{what} {index}" if len(records) > 1 or what != "features" else what
+                where = f"{what} {index}" if len(records) > 1 or what == "instance" else what
                 raise ServeError(
                     f"{where} has no feature {spec.name!r} — the model takes "
                     f"{', '.join(contract.names)}"
@@ -261,13 +273,39 @@ def request_from_records(records: Any, contract: Contract, what: str = "instance
     return InferRequest(inputs, parameters={"content_type": "pd"})
 
 
+def request_from_matrix(rows: Any, contract: Contract, what: str = "instance") -> InferRequest:
+    """Rows of numbers in the model's feature order (the seed's gRPC ``repeated float
+    features``) as one [N, n_features] FP32 tensor; only for models whose features are all
+    numeric, since a position cannot say which category or text it means."""
+    names = contract.names
+    others = [spec.name for spec in contract.features if spec.kind != "numeric"]
+    if others:
+        raise ServeError(
+            f"features: this model takes non-numeric features ({', '.join(others)}), which a "
+            "list of numbers cannot carry — send the rows by name over REST (POST /predict) or "
+            "with the Open Inference Protocol (inference.GRPCInferenceService/ModelInfer)"
+        )
+    if not rows:
+        raise ServeError(f"the request has no {what}s — send at least one")
+    for index, row in enumerate(rows):
+        if len(row) != len(names):
+            where = f"{what} {index} features" if len(rows) > 1 else "features"
+            raise ServeError(
+                f"{where} has {len(row)} values, but the model takes {len(names)}, in this "
+                f"order: {', '.join(names)}"
+            )
+    data = np.asarray(rows, dtype=np.float32)
+    name = "features" if "features" not in names else "features[]"  # not a feature: a matrix
+    return InferRequest([InferInput(name, "FP32", list(data.shape), data)])
+
+
 def _guess_datatype(values: list[Any], spec: FeatureSpec) -> str:
     present = [v for v in values if v is not None]
     if not present:
         return input_datatype(spec)
     if any(isinstance(v, str) for v in present):
         return "BYTES"
-    if all(isinstance(v, bool) for v in present):
+    if all(isinstance(v, bool) for v in present) and spec.kind != "numeric":
         return "BOOL"
     if any(isinstance(v, float) for v in present) or spec.kind == "numeric":
         return "FP64"

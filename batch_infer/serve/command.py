@@ -107,9 +107,11 @@ def serve(
 
     Example: batch-infer serve --model models/churn.joblib --http-port 8080 --grpc-port 8081
     """
+    from .. import redaction
     from ..logs import setup
 
     setup(logging.DEBUG if verbose else logging.INFO, str(log_format))
+    redaction.install()  # every log line masked: credentials from the environment, URLs
     for noisy in ("botocore", "s3fs", "fsspec", "aiobotocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
     overrides: dict[str, Any] = {
@@ -131,6 +133,7 @@ def serve(
         from .server import serve as run_server
 
         serve_config = load_serve_config(config, overrides)
+        redaction.remember_config(serve_config.model_dump(mode="json"))  # storage options, ...
         access_log = log_format == LogFormat.json or verbose
         code = run_server(serve_config, str(log_format), access_log)
     except Exception as exc:
@@ -142,10 +145,11 @@ def serve(
 def _fail(exc: BaseException, verbose: bool) -> NoReturn:
     """One line on stderr, ``Error: what — fix``, and the error's exit code (as `run` does)."""
     from ..errors import explain
+    from ..redaction import redact_text
 
     if verbose:
-        sys.stderr.write("".join(traceback.format_exception(exc)))
+        sys.stderr.write(redact_text("".join(traceback.format_exception(exc))))
     known = explain(exc)
-    sys.stderr.write(f"Error: {known}\n")
+    sys.stderr.write(redact_text(f"Error: {known}") + "\n")
     sys.stderr.flush()
     raise typer.Exit(known.exit_code)

@@ -3,104 +3,62 @@
 A request is decoded into the Arrow batch `run` would have read for the same rows
 (``codecs.decode_request``), scored by ``scoring.score_batch`` (through the micro-batcher and the
 optional row cache), and answered with `run`'s output columns: a row scored here and in the
-nightly batch gets the same outputs. Errors are ``ServeError``: a status and one line naming the
-input and what to do.
+nightly batch gets the same outputs. The simple clients (``predict``) get the same scores as
+labels and whole probability rows.
 
-Notes for the protocol layers:
-- ``InferInput.data`` may be an ``np.ndarray`` (any shape; flattened in row order) or a Python
-  list (flat or nested; ``None`` is a missing value), or a list of ``bytes``/``str`` for BYTES.
-- ``InferOutput.data`` is a 1-D ``np.ndarray``, or a ``list[str]`` for BYTES (string labels).
-- ``RequestedOutput.parameters`` and ``InferRequest.parameters`` pass through untouched
-  (``binary_data`` and the like are the protocol layer's business).
-- ``metrics`` is a ``serve.metrics.ServeMetrics``: call ``metrics.observe(protocol, endpoint,
-  model, seconds, status)`` once per answered request (``status`` None on success); use
-  ``dataplane.metric_model(name)`` for the model label (unknown names are not labels).
+Refusals are ``protocol.ServeError``: a status and one line naming the input and what to do. A
+model that fails as a whole (the scoring core's ``ModelError``, or anything unexpected) is a 500
+whose message names the model and says the failure is the server's; what failed goes to the log,
+with secrets masked (``batch_infer.redaction``), never to the client.
+
+``metrics`` is a ``serve.metrics.ServeMetrics``: the protocol layers call ``metrics.observe(
+protocol, endpoint, model, seconds, status)`` once per answered request (``status`` None on
+success), with ``dataplane.metric_model(name)`` as the model label (unknown names are not labels).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from ..config import ServeConfig
-from ..errors import BatchInferError, InputError, first_line
-from ..model import LoadedModel
+from ..errors import BatchInferError, InputError, explain
+from ..model import LoadedModel, OutputPlan
+from ..model.outputs import OutputColumn
+from ..redaction import redact_text
 from ..scoring import ScoringSpec, score_batch
 from .batching import AdaptiveBatcher
 from .cache import LRUCache, row_keys
+from .codecs import (
+    decode_request,
+    input_datatype,
+    request_from_matrix,
+    request_from_records,
+    warm_up_batch,
+)
 from .metrics import ServeMetrics
+from .protocol import (
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    Predictions,
+    RequestedOutput,
+    RowRejected,
+    ServeError,
+    oip_datatype,
+)
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class InferInput:
-    """One OIP input tensor, decoded."""
-
-    name: str
-    datatype: str  # BOOL, INT8..INT64, UINT8..UINT64, FP16, FP32, FP64, BYTES
-    shape: list[int]
-    data: Any  # np.ndarray, a (nested) list, or list[bytes | str] for BYTES
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RequestedOutput:
-    name: str
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class InferRequest:
-    inputs: list[InferInput]
-    outputs: list[RequestedOutput] | None = None  # None: all of the model's outputs
-    parameters: dict[str, Any] = field(default_factory=dict)  # e.g. {"content_type": "pd"}
-    id: str | None = None
-
-
-@dataclass
-class InferOutput:
-    name: str  # run's column names: prediction, probability / probability_<class>, ...
-    datatype: str
-    shape: list[int]
-    data: Any  # 1-D np.ndarray, or list[str] for BYTES
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class InferResponse:
-    model_name: str
-    model_version: str
-    outputs: list[InferOutput]
-    id: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-
-class ServeError(Exception):
-    """A request we refuse: ``status`` 400 bad request, 404 unknown model/version, 503 not ready."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-def oip_datatype(arrow_type: pa.DataType) -> str:
-    """The OIP datatype of an Arrow type (strings and anything else travel as BYTES)."""
-    if pa.types.is_boolean(arrow_type):
-        return "BOOL"
-    if pa.types.is_floating(arrow_type):
-        return f"FP{arrow_type.bit_width}"
-    if pa.types.is_signed_integer(arrow_type):
-        return f"INT{arrow_type.bit_width}"
-    if pa.types.is_unsigned_integer(arrow_type):
-        return f"UINT{arrow_type.bit_width}"
-    return "BYTES"
+# The probability of a binary model's first class: `run` writes only the second one's, but the
+# simple clients get the whole predict_proba row; scored with the others, never answered as an
+# OIP output.
+FIRST_CLASS_PROBABILITY = "__serve_probability_of_first_class"
 
 
 class DataPlane:
@@ -109,7 +67,6 @@ class DataPlane:
     def __init__(
         self, model: LoadedModel, config: ServeConfig, metrics: ServeMetrics | None = None
     ) -> None:
-        self.model = model
         self.name = config.serve.name or model_name(config.model.path)
         self.version = model.version
         self.metrics = metrics or ServeMetrics()
@@ -120,9 +77,15 @@ class DataPlane:
             predicted_at=dt.datetime.now(dt.UTC),
             model_version=model.version,
         )
+        # what OIP clients get: `run`'s columns
         self.output_fields = model.outputs.fields()
         self.output_names = [f.name for f in self.output_fields]
         self.output_types = {f.name: oip_datatype(f.type) for f in self.output_fields}
+        # what is scored: those, and what the simple clients need besides (same model call)
+        self.model, self.probability_names = _with_whole_probability_rows(model)
+        self.scored_names = [c.name for c in self.model.outputs.columns]
+        self.scored_types = {f.name: oip_datatype(f.type) for f in self.model.outputs.fields()}
+        self.label_names = [c.name for c in model.outputs.columns if c.method == "predict"]
         self.cache = LRUCache(config.serve.cache_size) if config.serve.cache_size else None
         self.batcher = AdaptiveBatcher(
             self._score_many,
@@ -131,7 +94,8 @@ class DataPlane:
             on_batch=self._count_batch,
             on_queue=self.metrics.queue_depth.labels(self.name).set,
         )
-        self._ready = False
+        self._warmed = False  # the warm-up call was made (whatever its outcome)
+        self._ready = False  # ... and it succeeded
         self._stopping = False
 
     @classmethod
@@ -144,16 +108,30 @@ class DataPlane:
 
     # ------------------------------------------------------------------ lifecycle and health
 
-    def warm(self) -> None:
-        """Score one made-up row so the first request pays no first-call costs; then ready."""
-        from .codecs import warm_up_batch
+    def warm(self) -> bool:
+        """Score one made-up row so the first request pays no first-call costs.
 
+        Ready only when that call succeeds: a model that fails on it would fail every request,
+        so probes keep traffic away and the log says why. Requests that arrive anyway are still
+        scored (a model may refuse the made-up row yet take real ones); a failure is their 500.
+        """
         try:
             score_batch(warm_up_batch(self.model.contract), self.model, self.spec)
-        except Exception as exc:  # a model that refuses the made-up row is still servable
-            log.info("warm-up call failed (%s); serving anyway", first_line(exc))
-        self._ready = True
+        except Exception as exc:
+            log.error(
+                "model %r version %s is NOT READY: its warm-up call on one made-up row failed: "
+                "%s (health checks answer not ready; fix the model or its environment and "
+                "restart)",
+                self.name,
+                self.version,
+                _describe(exc),
+                exc_info=not isinstance(exc, InputError),
+            )
+            self._warmed = True
+            return False
+        self._warmed = self._ready = True
         log.info("model %r version %s ready (%s)", self.name, self.version, self.model.runtime)
+        return True
 
     def stop_accepting(self) -> None:
         """Shutting down: readiness turns false so load balancers stop sending requests."""
@@ -184,8 +162,6 @@ class DataPlane:
         }
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
-        from .codecs import input_datatype
-
         self.check_model(name, version)
         return {
             "name": self.name,
@@ -214,15 +190,16 @@ class DataPlane:
                 404,
             )
 
+    def _check_accepting(self) -> None:
+        if self._stopping or not self._warmed:
+            raise ServeError(f"model {self.name!r} is not ready — retry shortly", 503)
+
     # ------------------------------------------------------------------ inference
 
     async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         """Score the request's rows; outputs named like `run`'s columns, each of length N."""
-        from .codecs import decode_request
-
         self.check_model(name, version)
-        if not self.ready():
-            raise ServeError(f"model {name!r} is not ready — retry shortly", 503)
+        self._check_accepting()
         wanted = self._requested_outputs(request.outputs)
         batch = decode_request(request, self.model.contract)
         columns = await self.score(batch)
@@ -238,6 +215,32 @@ class DataPlane:
         ]
         return InferResponse(self.name, self.version, outputs, id=request.id)
 
+    async def predict(self, records: Any, what: str = "instance") -> Predictions:
+        """The simple clients' answer for ``[{feature: value, ...}, ...]``: labels (or values)
+        and whole probability rows, from the same scores as ``infer``."""
+        self._check_accepting()
+        request = request_from_records(records, self.model.contract, what)
+        return await self._predictions(decode_request(request, self.model.contract))
+
+    async def predict_positional(self, rows: list[list[float]], what: str) -> Predictions:
+        """The same for rows of numbers in the model's feature order (the seed's gRPC service)."""
+        self._check_accepting()
+        request = request_from_matrix(rows, self.model.contract, what)
+        return await self._predictions(decode_request(request, self.model.contract))
+
+    async def _predictions(self, batch: pa.RecordBatch) -> Predictions:
+        columns = {name: _as_list(values) for name, values in (await self.score(batch)).items()}
+        rows = batch.num_rows
+        if len(self.label_names) == 1:
+            predictions = columns[self.label_names[0]]
+        else:  # several outputs (multi-output models): one {column: label} per row
+            predictions = [{n: columns[n][i] for n in self.label_names} for i in range(rows)]
+        probabilities = None
+        if self.probability_names:
+            probabilities = [[columns[n][i] for n in self.probability_names] for i in range(rows)]
+        classes = self.model.classes if self.probability_names else None
+        return Predictions(predictions, probabilities, classes, self.version)
+
     def _requested_outputs(self, requested: list[RequestedOutput] | None) -> list[RequestedOutput]:
         if not requested:
             return [RequestedOutput(name) for name in self.output_names]
@@ -250,7 +253,7 @@ class DataPlane:
         return requested
 
     async def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
-        """Every output column for the batch's rows (np.ndarray, or list[str] for labels)."""
+        """Every scored column for the batch's rows (np.ndarray, or list[str] for labels)."""
         if self.cache is None:
             return await self.batcher.submit(batch, batch.num_rows, batch.schema)
         return await self._score_cached(batch)
@@ -267,13 +270,13 @@ class DataPlane:
                 scored = await self.batcher.submit(subset, subset.num_rows, subset.schema)
             except RowRejected as exc:  # name the row as the caller numbered it
                 raise exc.renumbered(missing) from None
-            values = [_as_list(scored[name]) for name in self.output_names]
+            values = [_as_list(scored[name]) for name in self.scored_names]
             for position, row in enumerate(zip(*values, strict=True)):
                 rows[missing[position]] = row
                 self.cache.put(keys[missing[position]], row)
         return {
-            name: _column_like(self.output_types[name], [row[i] for row in rows])
-            for i, name in enumerate(self.output_names)
+            name: _column_like(self.scored_types[name], [row[i] for row in rows])
+            for i, name in enumerate(self.scored_names)
         }
 
     def _count_batch(self, rows: int, requests: int) -> None:
@@ -284,25 +287,36 @@ class DataPlane:
     def _score_many(self, batches: list[pa.RecordBatch]) -> list[Any]:
         """One model call for several requests' rows; each gets its own outputs or its error.
 
-        Runs in the batcher's thread. A conversion error raised for the combined batch is
-        retried request by request, so only the request that caused it fails.
+        Runs in the batcher's thread. A combined batch that fails is retried request by request,
+        so only the request that caused the failure fails.
         """
         combined = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
         try:
             result = score_batch(combined, self.model, self.spec)
-        except InputError as exc:
-            if len(batches) == 1:
-                return [ServeError(f"{exc.what} — {exc.fix}")]
-            return [self._score_many([batch])[0] for batch in batches]
-        except BatchInferError as exc:
-            return [ServeError(f"the model failed: {exc}", 500)] * len(batches)
+        except Exception as exc:
+            if len(batches) > 1:
+                return [self._score_many([batch])[0] for batch in batches]
+            if isinstance(exc, InputError):  # values that do not convert: the request's fault
+                return [ServeError(redact_text(f"{exc.what} — {exc.fix}"))]
+            return [self._model_failed(exc)]
         return self._split(result, [batch.num_rows for batch in batches])
+
+    def _model_failed(self, exc: BaseException) -> ServeError:
+        """The model failed as a whole: the details to the log (masked), a 500 to the client."""
+        log.error(
+            "model %r version %s failed to score a request: %s",
+            self.name,
+            self.version,
+            _describe(exc),
+            exc_info=exc,
+        )
+        return model_failure(self.name)
 
     def _split(self, result: Any, sizes: list[int]) -> list[Any]:
         scored = result.scored
         columns = {
-            name: _column_values(scored.column(name), self.output_types[name])
-            for name in self.output_names
+            name: _column_values(scored.column(name), self.scored_types[name])
+            for name in self.scored_names
         }
         rejected_rows: dict[int, tuple[str | None, str]] = {}
         if result.rejected is not None:
@@ -313,7 +327,7 @@ class DataPlane:
                 rejected.column("reject_message").to_pylist(),
                 strict=True,
             ):
-                rejected_rows[row] = (column, message)
+                rejected_rows[row] = (column, redact_text(message))
         answers: list[Any] = []
         offset = start = 0  # start: where this request's accepted rows begin in ``scored``
         for size in sizes:
@@ -329,6 +343,49 @@ class DataPlane:
         return answers
 
 
+def model_failure(name: str) -> ServeError:
+    """The 500 a client gets when the model (or the server) fails: no internal details."""
+    return ServeError(
+        f"model {name!r} failed to score this request — the failure is the server's, not the "
+        "request's; the server's log has the details",
+        500,
+    )
+
+
+def internal_failure(what: str) -> ServeError:
+    """The 500 for anything else that went wrong inside the server while answering."""
+    return ServeError(
+        f"the server failed while answering {what} — the failure is the server's, not the "
+        "request's; the server's log has the details",
+        500,
+    )
+
+
+def _with_whole_probability_rows(model: LoadedModel) -> tuple[LoadedModel, list[str]]:
+    """The model with a binary classifier's first-class probability scored too, and the names
+    of the columns that make up a whole ``predict_proba`` row, in the order of its classes."""
+    plan = model.outputs
+    probabilities = [c for c in plan.columns if c.method == "predict_proba" and c.output is None]
+    if not probabilities:
+        return model, []
+    if len(probabilities) == 1 and probabilities[0].index == 1:  # binary: run keeps classes_[1]
+        first = OutputColumn(FIRST_CLASS_PROBABILITY, pa.float64(), "predict_proba", index=0)
+        extended = OutputPlan(plan.methods, [*plan.columns, first], plan.labels_from_probability)
+        return (
+            dataclasses.replace(model, outputs=extended),
+            [FIRST_CLASS_PROBABILITY, probabilities[0].name],
+        )
+    ordered = sorted(probabilities, key=lambda c: c.index if c.index is not None else 0)
+    return model, [c.name for c in ordered]
+
+
+def _describe(exc: BaseException) -> str:
+    """One log line's worth of what failed, secrets masked (ours: what and fix; others: type and
+    first line)."""
+    text = str(exc) if isinstance(exc, BatchInferError) else explain(exc).what
+    return redact_text(text)
+
+
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -342,20 +399,6 @@ def model_name(path: str) -> str:
     """The default model name: the model file's stem (``models/churn.joblib`` -> ``churn``)."""
     base = path.rstrip("/").rsplit("/", 1)[-1]
     return base.split(".", 1)[0] or base
-
-
-class RowRejected(ServeError):
-    """A row the model cannot take: which row (of the request), which input, and why."""
-
-    def __init__(self, row: int, column: str | None, reason: str, others: int = 0) -> None:
-        where = f"input {column!r}, " if column else ""
-        more = f" (and {others} more row(s))" if others else ""
-        super().__init__(f"{where}row {row}: {reason}{more} — send values the model takes")
-        self.row, self.column, self.reason, self.others = row, column, reason, others
-
-    def renumbered(self, positions: list[int]) -> RowRejected:
-        """The same rejection with the row numbered as in the request ``positions`` index."""
-        return RowRejected(positions[self.row], self.column, self.reason, self.others)
 
 
 def _rejection(

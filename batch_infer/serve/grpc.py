@@ -1,5 +1,6 @@
-"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService`` and the standard
-``grpc.health.v1.Health`` service for Kubernetes probes.
+"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService``, the standard
+``grpc.health.v1.Health`` service for Kubernetes probes, and the seed apps'
+``prediction.PredictionService`` (``_proto/prediction.proto``) for their clients, on one port.
 
 This module only translates protobuf messages to and from the data plane (tensors in typed
 ``contents`` or in ``raw_input_contents``, parameters, errors to status codes); what an inference
@@ -20,15 +21,19 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..errors import ConfigError, first_line
+from ..errors import ConfigError
+from ..redaction import redact_text
 from ._proto import grpc_predict_v2_pb2 as pb
 from ._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from ._proto import prediction_pb2 as seed_pb
+from ._proto import prediction_pb2_grpc as seed_pb_grpc
 from .codecs import DATATYPES, NUMPY_TYPES, from_binary, to_binary
-from .dataplane import (
-    DataPlane,
+from .dataplane import DataPlane, internal_failure
+from .protocol import (
     InferInput,
     InferRequest,
     InferResponse,
+    Predictions,
     RequestedOutput,
     ServeError,
 )
@@ -36,6 +41,7 @@ from .dataplane import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+SEED_SERVICE_NAME = "prediction.PredictionService"
 
 # The InferTensorContents field that holds each OIP datatype's values (FP16 travels raw only)
 CONTENTS_FIELDS = {
@@ -56,6 +62,7 @@ CONTENTS_FIELDS = {
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
+    412: grpc.StatusCode.FAILED_PRECONDITION,
     503: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -283,21 +290,86 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 answer = await answer
         except ServeError as exc:
             status, message = exc.status, exc.message
-        except Exception as exc:
-            log.exception("gRPC %s failed", endpoint)
-            status = 500
-            message = f"unexpected {type(exc).__name__}: {first_line(exc)} — see the server log"
+        except Exception:
+            log.exception("gRPC %s failed", endpoint)  # masked by redaction's log filter
+            status, message = 500, internal_failure(endpoint).message
         else:
             self._record(endpoint, model, started, None)
             return answer
         self._record(endpoint, model, started, status)
-        await context.abort(STATUS_CODES.get(status, grpc.StatusCode.INTERNAL), message)
+        await context.abort(
+            STATUS_CODES.get(status, grpc.StatusCode.INTERNAL), redact_text(message)
+        )
 
     def _record(self, endpoint: str, model: str | None, started: float, status: int | None) -> None:
         if model is not None:
             seconds = time.perf_counter() - started
             label = self.dataplane.metric_model(model)
             self.dataplane.metrics.observe("grpc", endpoint, label, seconds, status)
+
+
+class PredictionServicer(seed_pb_grpc.PredictionServiceServicer):
+    """The seed apps' ``prediction.PredictionService``: positional features in, labels and
+    probabilities out, from the same data plane (and the same scores) as the OIP service."""
+
+    def __init__(self, dataplane: DataPlane, answer: Callable[..., Awaitable[Any]]) -> None:
+        self.dataplane = dataplane
+        self._answer = answer
+
+    async def Predict(self, request: seed_pb.PredictRequest, context: Any) -> Any:
+        async def predict() -> seed_pb.PredictResponse:
+            answer = await self.dataplane.predict_positional([list(request.features)], "features")
+            return _seed_predictions(answer, self.dataplane.name)[0]
+
+        return await self._answer(context, "seed_predict", self.dataplane.name, predict)
+
+    async def BatchPredict(self, request: seed_pb.BatchPredictRequest, context: Any) -> Any:
+        async def predict() -> seed_pb.BatchPredictResponse:
+            rows = [list(instance.features) for instance in request.instances]
+            answer = await self.dataplane.predict_positional(rows, "instance")
+            return seed_pb.BatchPredictResponse(
+                predictions=_seed_predictions(answer, self.dataplane.name)
+            )
+
+        return await self._answer(context, "seed_batch_predict", self.dataplane.name, predict)
+
+    async def HealthCheck(self, request: seed_pb.HealthCheckRequest, context: Any) -> Any:
+        ready = self.dataplane.ready()
+        return seed_pb.HealthCheckResponse(
+            status="healthy" if ready else "unavailable", model_loaded=ready
+        )
+
+
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def _seed_predictions(answer: Predictions, model: str) -> list[seed_pb.PredictResponse]:
+    """The answer in the seed's messages: an int32 label, the positive (binary) or predicted
+    class's probability, and the whole probability row."""
+    classes = answer.classes or []
+    responses = []
+    for index, label in enumerate(answer.predictions):
+        if isinstance(label, bool | np.bool_) or not isinstance(label, int | np.integer):
+            raise ServeError(
+                f"model {model!r} predicts {type(label).__name__} values, which the seed's int32 "
+                "`prediction` cannot carry — use inference.GRPCInferenceService/ModelInfer or "
+                "REST POST /predict",
+                412,
+            )
+        if not INT32[0] <= label <= INT32[1]:
+            raise ServeError(f"label {label} does not fit the seed's int32 `prediction`", 412)
+        response = seed_pb.PredictResponse(
+            prediction=int(label), model_version=answer.model_version
+        )
+        if answer.probabilities is not None:
+            row = answer.probabilities[index]
+            response.probabilities.extend(row)
+            if len(row) == 2:
+                response.probability = row[1]
+            elif label in classes:
+                response.probability = row[classes.index(label)]
+        responses.append(response)
+    return responses
 
 
 @dataclass
@@ -321,9 +393,13 @@ async def start_grpc(
     """
     options = [*MESSAGE_OPTIONS, ("grpc.so_reuseport", int(reuse_port))]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    inference = InferenceServicer(dataplane)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+    seed_pb_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(dataplane, inference._answer), server
+    )
     health_servicer = health.aio.HealthServicer()
-    services = ["", SERVICE_NAME, dataplane.name]
+    services = ["", SERVICE_NAME, SEED_SERVICE_NAME, dataplane.name]
     for service in services:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

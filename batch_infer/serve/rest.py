@@ -1,8 +1,10 @@
-"""The REST front door: the Open Inference Protocol (KServe V2) over HTTP, plus simple endpoints.
+"""The REST front door: the Open Inference Protocol (KServe V2) over HTTP, plus the endpoints
+the clients of seed-style apps call (``/predict``, ``/batch_predict``, ``/health``).
 
 Only translation lives here: JSON (and Triton's binary tensor layout) to and from the data
 plane. Bodies are parsed with orjson, not pydantic, on the hot path; the pydantic models below
-describe the same documents for the OpenAPI page at ``/docs`` and are never used to validate.
+are the generic shape of the documents, which ``openapi.describe_model`` specialises to the
+served model (its features, outputs, name and version) for ``/openapi.json`` and ``/docs``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from .codecs import from_binary, request_from_records, to_binary
-from .dataplane import DataPlane, InferRequest, InferResponse, RequestedOutput, ServeError
-from .dataplane import InferInput as Tensor
+from ..redaction import redact_text
+from .codecs import from_binary, to_binary
+from .dataplane import DataPlane, internal_failure
+from .openapi import describe_model
+from .protocol import InferInput as Tensor
+from .protocol import InferRequest, InferResponse, Predictions, RequestedOutput, ServeError
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("batch_infer.serve.access")
@@ -78,9 +83,9 @@ class PredictRequest(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    prediction: Any
-    probability: Any = Field(
-        None, description="Binary: of the positive class; multiclass: {class: probability}."
+    prediction: Any = Field(description="The label (classifiers) or the value (regressors).")
+    probability: list[float] | None = Field(
+        None, description="Classifiers: the whole predict_proba row, in the order of classes_."
     )
     model_version: str
 
@@ -91,7 +96,7 @@ class BatchPredictRequest(BaseModel):
 
 class BatchPredictResponse(BaseModel):
     predictions: list[Any]
-    probabilities: list[Any] | None
+    probabilities: list[list[float]] | None = None
     model_version: str
 
 
@@ -103,9 +108,9 @@ class HealthResponse(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "A bad request, named."},
     404: {"model": ErrorResponse, "description": "Unknown model or version."},
+    500: {"model": ErrorResponse, "description": "The model failed: the server's fault."},
     503: {"model": ErrorResponse, "description": "Not ready (loading or shutting down)."},
 }
-BODY_SCHEMAS = (InferenceRequest, PredictRequest, BatchPredictRequest)
 
 
 def _body(model: type[BaseModel]) -> dict[str, Any]:
@@ -140,10 +145,10 @@ def create_app(dataplane: DataPlane, access_log: bool = False) -> FastAPI:
             except ServeError as exc:
                 status = exc.status
                 return _error(exc.status, exc.message)
-            except Exception as exc:
+            except Exception:
                 status = 500
-                log.exception("%s failed", endpoint)
-                return _error(500, f"unexpected {type(exc).__name__}: {exc} — see the server log")
+                log.exception("REST %s failed", endpoint)  # masked by redaction's log filter
+                return _error(500, internal_failure(endpoint).message)
             finally:
                 metrics.observe(
                     "rest",
@@ -240,20 +245,19 @@ def create_app(dataplane: DataPlane, access_log: bool = False) -> FastAPI:
         openapi_extra=_body(PredictRequest),
     )
     async def predict(request: Request) -> Response:
-        """One row in, its prediction (and probability) out."""
+        """One row in, its prediction (and whole probability row) out.
+
+        The body is ``{"features": {feature: value, ...}}`` or the feature values themselves.
+        """
 
         async def work() -> Response:
-            document = _parse_object(await request.body())
-            if not isinstance(document.get("features"), dict):
-                raise ServeError('expected {"features": {feature: value, ...}}')
-            rows = await _simple_outputs(dataplane, [document["features"]], "features")
-            return _json(
-                {
-                    "prediction": rows["predictions"][0],
-                    "probability": rows["probabilities"][0] if rows["probabilities"] else None,
-                    "model_version": dataplane.version,
-                }
-            )
+            record, what = _one_row(await request.body(), dataplane.model.contract.names)
+            answer = await dataplane.predict([record], what)
+            document: dict[str, Any] = {"prediction": answer.predictions[0]}
+            if answer.probabilities is not None:
+                document["probability"] = answer.probabilities[0]
+            document["model_version"] = answer.model_version
+            return _json(document)
 
         return await answer("predict", dataplane.name, work)
 
@@ -265,14 +269,13 @@ def create_app(dataplane: DataPlane, access_log: bool = False) -> FastAPI:
         openapi_extra=_body(BatchPredictRequest),
     )
     async def batch_predict(request: Request) -> Response:
-        """Rows in, their predictions (and probabilities) out, in order."""
+        """Rows in, their predictions (and whole probability rows) out, in order."""
 
         async def work() -> Response:
             document = _parse_object(await request.body())
             if not isinstance(document.get("instances"), list):
                 raise ServeError('expected {"instances": [{feature: value, ...}, ...]}')
-            rows = await _simple_outputs(dataplane, document["instances"], "instance")
-            return _json({**rows, "model_version": dataplane.version})
+            return _json(_batch_answer(await dataplane.predict(document["instances"])))
 
         return await answer("batch_predict", dataplane.name, work)
 
@@ -283,6 +286,8 @@ def create_app(dataplane: DataPlane, access_log: bool = False) -> FastAPI:
         responses={503: {"model": HealthResponse}},
     )
     async def health() -> Response:
+        """The seed apps' health check: healthy once the model is loaded and its warm-up call
+        succeeded (503 before, after a failed warm-up and while shutting down)."""
         ready = dataplane.ready()
         status = "healthy" if ready else "unavailable"
         return _json({"status": status, "model_loaded": ready}, 200 if ready else 503)
@@ -297,12 +302,7 @@ def create_app(dataplane: DataPlane, access_log: bool = False) -> FastAPI:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in BODY_SCHEMAS:
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(body.pop("$defs", {}))
-                components[model.__name__] = body
-            app.openapi_schema = schema
+            app.openapi_schema = describe_model(schema, dataplane)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -384,8 +384,10 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRe
             raise ServeError(f'input {name!r} has no datatype — add e.g. "datatype": "FP64"')
         if not isinstance(shape, list):
             raise ServeError(f'input {name!r} has no shape — add e.g. "shape": [N]')
-        parameters = tensor.get("parameters") or {}
-        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        parameters = _parameters(tensor)
+        if parameters is None:
+            raise ServeError(f'input {name!r} has "parameters" that are not an object')
+        size = parameters.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or offset + size > len(binary):
                 raise ServeError(
@@ -396,6 +398,11 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRe
             offset += size
         elif "data" in tensor:
             data = tensor["data"]
+            if not isinstance(data, list):
+                raise ServeError(
+                    f'input {name!r} has "data" that is a JSON {_json_type(data)} — send its '
+                    "values as an array, in row order"
+                )
         else:
             raise ServeError(f'input {name!r} has no "data" — add its values')
         inputs.append(Tensor(name, datatype, shape, data, parameters))
@@ -406,14 +413,22 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRe
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
         ):
             raise ServeError('"outputs" must be a list of {"name": ...} objects')
-        outputs = [RequestedOutput(o["name"], o.get("parameters") or {}) for o in requested]
-    parameters = document.get("parameters") or {}
-    if not isinstance(parameters, dict):
+        for output in requested:
+            if _parameters(output) is None:
+                raise ServeError(
+                    f'output {output["name"]!r} has "parameters" that are not an object'
+                )
+        outputs = [RequestedOutput(o["name"], _parameters(o) or {}) for o in requested]
+    parameters = _parameters(document)
+    if parameters is None:
         raise ServeError('"parameters" must be an object')
+    content_type = parameters.get("content_type")
+    if content_type is not None and not isinstance(content_type, str):
+        raise ServeError('"parameters.content_type" must be a string, e.g. "pd"')
     request_id = document.get("id")
-    request = InferRequest(
-        inputs, outputs, parameters, None if request_id is None else str(request_id)
-    )
+    if request_id is not None and not isinstance(request_id, str):
+        raise ServeError(f'the request "id" is a JSON {_json_type(request_id)} — send a string')
+    request = InferRequest(inputs, outputs, parameters, request_id)
     return request, bool(parameters.get("binary_data_output"))
 
 
@@ -450,36 +465,41 @@ def encode_infer_response(
     return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}
 
 
-async def _simple_outputs(
-    dataplane: DataPlane, records: Any, what: str
-) -> dict[str, list[Any] | None]:
-    """Predictions and probabilities of ``/predict`` and ``/batch_predict``, row by row."""
-    request = request_from_records(records, dataplane.model.contract, what)
-    response = await dataplane.infer(dataplane.name, None, request)
-    values = {output.name: _plain(output.data) for output in response.outputs}
-    plan = dataplane.model.outputs.columns
-    labels = [c.name for c in plan if c.method == "predict"]
-    probabilities = [c.name for c in plan if c.method == "predict_proba"]
-    rows = len(next(iter(values.values())))
-    if len(labels) == 1:
-        predictions = values[labels[0]]
-    else:
-        predictions = [{n: values[n][i] for n in labels} for i in range(rows)]
-    if not probabilities:
-        return {"predictions": predictions, "probabilities": None}
-    if len(probabilities) == 1:
-        return {"predictions": predictions, "probabilities": values[probabilities[0]]}
-    prefix = dataplane.spec.columns.probability + "_"
-    return {
-        "predictions": predictions,
-        "probabilities": [
-            {n.removeprefix(prefix): values[n][i] for n in probabilities} for i in range(rows)
-        ],
-    }
+def _parameters(document: dict[str, Any]) -> dict[str, Any] | None:
+    """Its "parameters" object ({} when absent or null), None when they are not an object."""
+    value = document.get("parameters")
+    if value is None:
+        return {}
+    return value if isinstance(value, dict) else None
 
 
-def _plain(data: Any) -> list[Any]:
-    return data.tolist() if hasattr(data, "tolist") else list(data)
+def _one_row(body: bytes, names: list[str]) -> tuple[dict[str, Any], str]:
+    """The row of a ``/predict`` body: ``{"features": {...}}`` (Flask seeds) or the feature
+    values themselves (FastAPI seeds' flat model); and what to call it in errors."""
+    document = _parse_object(body)
+    if all(name in document for name in names):  # the flat body, whatever else it holds
+        return document, "the request body"
+    if "features" in document and "features" not in names:
+        if not isinstance(document["features"], dict):
+            raise ServeError(
+                f'"features" is a JSON {_json_type(document["features"])}, not an object — send '
+                '{"features": {feature: value, ...}}'
+            )
+        return document["features"], "features"
+    return document, "the request body"
+
+
+def _batch_answer(answer: Predictions) -> dict[str, Any]:
+    document: dict[str, Any] = {"predictions": answer.predictions}
+    if answer.probabilities is not None:
+        document["probabilities"] = answer.probabilities
+    document["model_version"] = answer.model_version
+    return document
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
 
 
 def _parse_object(body: bytes) -> dict[str, Any]:
@@ -504,4 +524,4 @@ def _json(document: Any, status: int = 200) -> Response:
 
 
 def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
+    return _json({"error": redact_text(message)}, status)

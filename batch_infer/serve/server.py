@@ -24,6 +24,7 @@ from typing import Any
 from ..config import ServeConfig
 from ..errors import BatchInferError, ConfigError
 from ..logs import JsonFormatter
+from ..redaction import RedactingFilter
 
 log = logging.getLogger("batch_infer.serve")
 
@@ -235,14 +236,17 @@ def _exit_code(code: int | None) -> int:
 
 def _worker_main(document: dict, log_format: str, access_log: bool, level: int) -> None:
     """A worker process: the same as one process, errors as one line and an exit code."""
+    from .. import redaction
     from ..logs import setup
 
     setup(level, log_format)
+    redaction.install()
+    redaction.remember_config(document)
     configure_access_log(access_log, log_format)
     try:
         run_worker(ServeConfig.model_validate(document), reuse_port=True, access_log=access_log)
     except BatchInferError as exc:
-        sys.stderr.write(f"Error: {exc}\n")
+        sys.stderr.write(redaction.redact_text(f"Error: {exc}") + "\n")
         sys.stderr.flush()
         os._exit(exc.exit_code)
     logging.shutdown()
@@ -272,6 +276,7 @@ def configure_access_log(enabled: bool, log_format: str) -> None:
         logger.setLevel(logging.WARNING)
         return
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
     if log_format == "json":
         handler.setFormatter(AccessJsonFormatter())
     else:
