@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import posixpath
+import time
 from typing import Any
 
 import fsspec
@@ -300,3 +301,92 @@ def write_bytes_atomically(fs: fsspec.AbstractFileSystem, path: str, data: bytes
         fs.mv(tmp, path)
     else:
         fs.pipe_file(path, data)
+
+
+# -- conditional writes (S3) ------------------------------------------------------------------
+#
+# The output lock needs compare-and-swap: replace an object only if it is still the version we
+# read. S3 does it with If-Match on PutObject and DeleteObject (If-None-Match: * to create).
+
+
+def supports_conditional_writes(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is an S3 filesystem whose writes can be made conditional on an ETag."""
+    return hasattr(fs, "call_s3") and hasattr(fs, "split_path")
+
+
+def put_conditional(
+    fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, if_match: str | None = None
+) -> str | None:
+    """Write ``path`` only if it does not exist (``if_match`` None) or is still the version
+    whose ETag is ``if_match``; the new ETag, or None when the store refused the condition."""
+    bucket, key, _ = fs.split_path(path)
+    condition = {"IfMatch": if_match} if if_match is not None else {"IfNoneMatch": "*"}
+    try:
+        response = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+    except (FileExistsError, FileNotFoundError):
+        return None  # created meanwhile (If-None-Match), or deleted meanwhile (If-Match)
+    except OSError as exc:
+        if _precondition_failed(exc):
+            return None
+        raise
+    finally:
+        fs.invalidate_cache(path)
+    return response["ETag"]
+
+
+def read_versioned(
+    fs: fsspec.AbstractFileSystem, path: str
+) -> tuple[bytes, str, float] | None:
+    """(content, ETag, age in seconds by the store's own clock) of ``path``; None if absent.
+
+    One GET gives all three for the same version; the age compares the object's Last-Modified
+    with the response's Date, so a host whose clock is off cannot misjudge it.
+    """
+    import email.utils
+
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+
+    async def get() -> tuple[bytes, dict[str, Any]]:
+        response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        body = response["Body"]
+        try:
+            return await body.read(), response
+        finally:
+            body.close()
+
+    try:
+        data, response = sync(fs.loop, get)
+    except FileNotFoundError:
+        return None
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    now = email.utils.parsedate_to_datetime(date).timestamp() if date else None
+    modified = response["LastModified"].timestamp()
+    age = (now if now is not None else time.time()) - modified
+    return data, response["ETag"], age
+
+
+def delete_conditional(fs: fsspec.AbstractFileSystem, path: str, etag: str) -> bool:
+    """Delete ``path`` only if it is still the version ``etag``; False if it was not."""
+    bucket, key, _ = fs.split_path(path)
+    try:
+        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if _precondition_failed(exc):
+            return False
+        raise
+    finally:
+        fs.invalidate_cache(path)
+    return True
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """412 (the condition did not hold) or 409 (a concurrent conditional write won)."""
+    cause = exc.__cause__ or exc
+    response = getattr(cause, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in {"PreconditionFailed", "ConditionalRequestConflict"} or status in {409, 412}
