@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batch_infer.serve.cache import LRUCache
 
-from .conftest import SAMPLE
+from .conftest import REPO, SAMPLE
 
 FEATURES = ["age", "tenure", "monthly_charges", "total_charges"]
 MODEL = SAMPLE / "models" / "model.joblib"
@@ -50,11 +51,13 @@ class ServeProcess:
         serve: dict[str, Any] | None = None,
         args: list[str] | None = None,
         grpc: bool = False,
+        env: dict[str, str] | None = None,
+        model_section: dict[str, Any] | None = None,
     ) -> None:
         self.port = free_port()
         self.grpc_port = free_port() if grpc else None
         section = {"http_port": self.port, "grpc_port": self.grpc_port, **(serve or {})}
-        config = {"model": {"path": str(model)}, "serve": section}
+        config = {"model": {"path": str(model), **(model_section or {})}, "serve": section}
         if scaler is not None:
             config["model"]["scaler"] = str(scaler)
         folder.mkdir(parents=True, exist_ok=True)
@@ -67,6 +70,8 @@ class ServeProcess:
             [sys.executable, "-m", "batch_infer.serve", "-c", str(self.config), *(args or [])],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
+            cwd=REPO,  # tests.* importable there: models of test classes load
+            env={**os.environ, **(env or {})},
         )
 
     def wait_ready(self, timeout: float = 120) -> ServeProcess:
@@ -83,6 +88,21 @@ class ServeProcess:
             time.sleep(0.05)
         self.stop()
         pytest.fail(f"server not ready within {timeout}s:\n{self.log.read_text()}")
+
+    def wait_live(self, timeout: float = 120) -> ServeProcess:
+        """Poll liveness only (a server whose model fails its warm-up is live, never ready)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/live", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"server not live within {timeout}s:\n{self.log.read_text()}")
 
     def stop(self, timeout: float = 60) -> int:
         if self.process.poll() is None:
