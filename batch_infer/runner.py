@@ -126,6 +126,7 @@ def _run(
         if target.pending_commit() is not None:
             log.info("finishing the interrupted commit of run %s", record["run_id"])
             with facts.stage("commit"):
+                held.check()  # a lock taken over while we stalled: never commit (exit 75)
                 manifest = target.finish_commit()
         else:
             failpoints.reached("after-plan")
@@ -133,6 +134,7 @@ def _run(
                 files = _score(prepared, done, progress, cancel)
             compare_with_baseline(prepared)
             with facts.stage("commit"):
+                held.check()
                 manifest = target.commit(
                     files,
                     build_manifest(prepared, record["run_id"], files),
