@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import string
 import tempfile
 import traceback
@@ -38,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, assume, given, note, settings
+from hypothesis import HealthCheck, Phase, assume, given, note, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -52,9 +53,15 @@ from .ci_rules import in_ci
 # - deadline=None: a run's time varies with the machine's load, never a failure;
 # - derandomize under CI=true (the same examples on every CI run) and no example database there;
 #   locally examples are random and failures are replayed from .hypothesis/.
+# For bug hunting: FUZZ_SHRINK=0 skips shrinking (minutes on these inputs), and FUZZ_KEEP=DIR
+# keeps the input files of every failing run there, to replay with `batch-infer run --verbose`;
+# with FUZZ_KEEP, FUZZ_CONTINUE=1 records failures there and goes on (one run finds many bugs);
+# FUZZ_EXCLUDE=string_view,... leaves out column kinds (by name) whose bug is already known.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+KEEP = os.environ.get("FUZZ_KEEP")
 FUZZ = settings(
     max_examples=EXAMPLES,
+    phases=[p for p in Phase if p is not Phase.shrink or os.environ.get("FUZZ_SHRINK") != "0"],
     deadline=None,
     derandomize=in_ci(),
     database=None if in_ci() else settings.default.database,
@@ -175,7 +182,10 @@ def _kinds() -> list[Kind]:
                 st.decimals(-(10**9), 10**9, places=2, allow_nan=False, allow_infinity=False),
             )
         )
-    return [k for k in kinds if _parquet_writes(k.type)]
+    if hasattr(pa, "binary_view"):
+        kinds.append(Kind("binary_view", pa.binary_view(), st.binary(max_size=8)))
+    excluded = set(filter(None, os.environ.get("FUZZ_EXCLUDE", "").split(",")))
+    return [k for k in kinds if _parquet_writes(k.type) and k.name not in excluded]
 
 
 def _parquet_writes(arrow_type: pa.DataType) -> bool:
@@ -194,9 +204,9 @@ NUMERIC_KINDS = [
     if (pa.types.is_integer(k.type) or pa.types.is_floating(k.type) or pa.types.is_decimal(k.type))
     or n in ("bool", "dictionary<int64>")
 ]
-STRING_KINDS = ["string", "large_string", "dictionary<string>"] + (
-    ["string_view"] if "string_view" in KINDS else []
-)
+STRING_KINDS = [
+    k for k in ("string", "large_string", "dictionary<string>", "string_view") if k in KINDS
+]
 # a column of the same values written as a sibling type by another writer
 SIBLINGS = {
     "int32": ["int64", "int16"],
@@ -530,14 +540,26 @@ def fuzz_run(model: Path, files: list[FileSpec], options: dict) -> None:
             args += ["--partition-by", options["partition_by"]]
         note(f"batch-infer run {' '.join(args)}")
         for f in files:
-            note(f"{f.relative} ({f.row_group_size}-row groups):\n{f.table}")
+                note(
+                f"{f.relative} ({f.row_group_size}-row groups, empty group first: "
+                f"{f.empty_group_first}, last: {f.empty_group_last}):\n{f.table}"
+            )
         result = invoke(args)
-        note(describe(result))
-        assert result.exit_code in ALLOWED_EXITS, describe(result)
-        if result.exit_code == 0:
-            check_success(result, output, sum(f.table.num_rows for f in files))
-        else:
-            check_failure(result, output)
+        try:
+            assert result.exit_code in ALLOWED_EXITS, describe(result)
+            if result.exit_code == 0:
+                check_success(result, output, sum(f.table.num_rows for f in files))
+            else:
+                check_failure(result, output)
+        except AssertionError:
+            if KEEP:
+                kept = Path(tempfile.mkdtemp(prefix="case-", dir=KEEP))
+                shutil.copytree(root, kept / "in")
+                (kept / "command").write_text(" ".join(args).replace(str(root), str(kept / "in")))
+                (kept / "result").write_text(describe(result))
+                if os.environ.get("FUZZ_CONTINUE") == "1":
+                    return
+            raise
 
 
 @pytest.mark.parametrize("contract", sorted(CONTRACTS))
