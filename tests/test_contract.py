@@ -23,8 +23,8 @@ from batch_infer import run
 from batch_infer.cli import app
 from batch_infer.config import ModelConfig
 from batch_infer.model import load_model
-from batch_infer.model.rowwise import as_scored
 
+from . import zoo
 from .conftest import make_config, read_output
 from .test_bad_input import BAD_INPUT, MODEL, USAGE, assert_fails
 
@@ -119,15 +119,13 @@ def test_inspect_shows_contract_and_methods(mixed_model):
 
 def test_mixed_model_scores_like_the_notebook_and_manifest_records_contract(tmp_path, mixed_model):
     path, model = mixed_model
-    model = as_scored(model)  # as batch-infer calls it: row-independent (model/rowwise.py)
     frame = _frame(400, seed=1)
     source = _write(tmp_path, frame)
     out = tmp_path / "out"
     run(make_config(source, out, path, output={"methods": "predict,decision_function"}))
-    scored = read_output(out).to_pandas().sort_values("row_id")
-    features = frame[["age", "plan", "note"]]
-    assert scored["prediction"].tolist() == model.predict(features).tolist()
-    assert np.array_equal(scored["decision"].to_numpy(), model.decision_function(features))
+    scored = read_output(out).to_pandas().sort_values("row_id").reset_index(drop=True)
+    methods = ["predict", "decision_function"]
+    zoo.assert_models_own(scored, model, frame[["age", "plan", "note"]], methods)
     assert "probability" not in scored.columns
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["model"]["methods"] == ["predict", "decision_function"]

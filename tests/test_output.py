@@ -5,14 +5,13 @@ import json
 from decimal import Decimal
 
 import joblib
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from batch_infer import OutputConflictError, run, validate
-from batch_infer.model.rowwise import as_scored
 
+from . import zoo
 from .conftest import FEATURES, churn_table, make_config, read_output, write_parquet
 
 
@@ -108,9 +107,8 @@ def test_files_with_different_column_order_are_aligned(tmp_path, trained_models)
     run(make_config(tmp_path / "in", out, trained_models["binary"]))
     scored = read_output(out).sort_by("customer_id")
     assert scored.select(table.column_names).equals(table)
-    model = as_scored(joblib.load(trained_models["binary"]))
-    expected = model.predict_proba(table.to_pandas()[FEATURES])[:, 1]
-    assert np.array_equal(scored.column("probability").to_numpy(), expected)
+    model = joblib.load(trained_models["binary"])
+    zoo.assert_models_own(scored.to_pandas(), model, table.to_pandas()[FEATURES])
 
 
 def test_numeric_feature_types_are_converted(tmp_path, trained_models):
@@ -133,12 +131,11 @@ def test_numeric_feature_types_are_converted(tmp_path, trained_models):
     source = write_parquet(table, tmp_path / "in.parquet")
     out = tmp_path / "out"
     run(make_config(source, out, trained_models["binary"]))
-    model = as_scored(joblib.load(trained_models["binary"]))
+    model = joblib.load(trained_models["binary"])
     frame = table.to_pandas()
     frame["tenure"] = frame["tenure"].astype("float64")
-    expected = model.predict_proba(frame[FEATURES].astype("float64"))[:, 1]
     scored = read_output(out).sort_by("customer_id")
-    assert np.array_equal(scored.column("probability").to_numpy(), expected)
+    zoo.assert_models_own(scored.to_pandas(), model, frame[FEATURES].astype("float64"))
     assert scored.schema.field("monthly_charges").type == pa.decimal128(8, 2)
 
 

@@ -200,52 +200,28 @@ def test_a_row_scores_the_same_bits_in_any_batch(scorer, name):
 def test_scores_are_the_models_own_within_the_stated_bound(scorer, name):
     model = scorer(name)
     got = model.outputs(as_batch(model.frame))
+    X = model.frame[model.features]
+    assert zoo.arithmetic(model.model, X) == model.case.arithmetic  # the table above is right
     want = zoo.expected_outputs(model.model, model.frame, model.case.methods, model.features)
     assert set(got) == set(want)
-    bound = _linear_bound(model) if model.case.arithmetic == "linear" else None
-    for column, expected in want.items():
-        values = got[column]
-        if expected.dtype.kind != "f":
-            assert values.tolist() == expected.tolist(), column  # labels: always equal
-        elif model.case.arithmetic == "exact":
-            assert_same_bits(values, expected.astype(np.float64), column)
-        elif model.case.arithmetic == "close":
-            np.testing.assert_allclose(values, expected, rtol=1e-12, atol=0, err_msg=column)
-        elif column.startswith("probability"):
-            assert np.max(np.abs(values - expected)) <= 4 * EPS, column
-        else:  # a decision value or a linear regression's prediction
-            assert np.all(np.abs(values - expected) <= bound), column
+    zoo.assert_models_own(got, model.model, X, model.case.methods)
 
 
-def _linear_bound(model: Scorer) -> np.ndarray:
-    """Per row: (terms + 1) * eps * (sum |x_j w_j| + |b|), the rounding bound of two ways of
-    summing a dot product (any order, fused or not), over every output of the model."""
-    fitted = model.model
-    X = model.frame[model.features]
-    finals = getattr(fitted, "estimators_", None) or [fitted]  # a MultiOutputRegressor
-    bounds = []
-    for final in finals:
-        rows = X
-        if hasattr(final, "steps"):
-            rows, final = final[:-1].transform(X), final.steps[-1][1]
-        rows = np.asarray(rows.toarray() if sp.issparse(rows) else rows, dtype=np.float64)
-        coef = np.atleast_2d(final.coef_)
-        magnitude = np.abs(rows) @ np.abs(coef).T + np.abs(np.atleast_1d(final.intercept_))
-        bounds.append((coef.shape[1] + 1) * EPS * magnitude.max(axis=1))
-    return np.max(bounds, axis=0)
-
-
-def test_the_scored_model_is_what_batch_infer_calls(scorer):
-    """``as_scored`` gives the model's arithmetic as scored: bit for bit, in one call."""
+def test_what_batch_infer_calls_is_the_model_or_its_row_wise_twin(scorer):
+    """A linear model's twin (a copy with the row-wise kernel) scores the bits batch-infer
+    gives, in one call; a tiled model is called as it is; a forest's threads are turned off."""
     model = scorer("onehot")
     got = model.outputs(as_batch(model.frame))
-    scored = rowwise.as_scored(model.model)
-    want = zoo.expected_outputs(scored, model.frame, None, model.features)
-    assert scored is not model.model and scored.steps[-1][1] is not model.model.steps[-1][1]
+    plan = rowwise.plan_for(model.model)
+    assert not plan.tiled and plan.estimator is not model.model
+    assert plan.estimator.steps[-1][1] is not model.model.steps[-1][1]
+    want = zoo.expected_outputs(plan.estimator, model.frame, None, model.features)
     for column, expected in want.items():
         assert_same_bits(got[column], expected, column)
-    assert rowwise.as_scored(scorer("mlp").model) is scorer("mlp").model  # tiled: itself
-    assert rowwise.as_scored(scorer("forest_threads").model).steps[-1][1].n_jobs is None
+    mlp = scorer("mlp").model
+    assert rowwise.plan_for(mlp).tiled and rowwise.plan_for(mlp).estimator is mlp
+    forest = rowwise.plan_for(scorer("forest_threads").model)
+    assert not forest.tiled and forest.estimator.steps[-1][1].n_jobs is None
 
 
 def test_tiles_join_across_their_boundary(scorer):

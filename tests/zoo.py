@@ -10,14 +10,15 @@
   only the values present, sorted; with pyarrow also from row group to row group): a scorer that
   maps categories by dictionary code instead of by value gets wrong answers on some files.
 * ``read_back`` reads a written folder into the training-dtype frame (checked equal to the frame
-  that was written) and ``expected_outputs`` calls the model on it directly, as the notebook
-  would, naming the columns the way batch-infer names the columns it adds.
+  that was written), ``expected_outputs`` calls the model on it directly, as the notebook would,
+  naming the columns the way batch-infer names the columns it adds, and ``assert_models_own``
+  compares batch-infer's columns with those within the README's bound ("Same row, same bits"):
+  labels identical; trees, boosting and sparse linear models identical; a linear model on dense
+  rows within the rounding bound of a dot product (probabilities within 4 eps); models scored on
+  tiles within 1e-12. It never asks batch-infer how it scores: the expected values are the
+  model's own.
 
-Every data set, file and row group holds a multiple of ``UNIT`` (64) rows. BLAS kernels compute
-the ragged tail rows of a matrix (rows beyond the last multiple of their SIMD width), and single
-rows, with other instructions, so a row can differ in the last bit between a whole-frame call and
-a batched one (see tests/test_golden.py::test_odd_batch_sizes_agree_to_the_last_bits). With every
-unit a multiple of 64 rows no batch has a ragged tail, and scores can be compared exactly.
+Every data set, file and row group holds a multiple of ``UNIT`` (64) rows.
 """
 
 from __future__ import annotations
@@ -224,6 +225,22 @@ def credit_card(rows: int = 20 * UNIT, seed: int = 0) -> DataSet:
     for column in ["age", "income", "share", "expenditure"]:
         frame[column] = frame[column].astype("float64")
     return DataSet("credit_card", frame, "card", CREDIT_NUMERIC)
+
+
+SALARY_TEXT = ["rank", "discipline", "sex"]
+SALARY_FEATURES = ["rank", "discipline", "yrs.since.phd", "yrs.service", "sex"]
+
+
+def salaries(rows: int = 6 * UNIT, seed: int = 0) -> DataSet:
+    """carData::Salaries, 384 of its 397 professors: rank, discipline and sex as text, years
+    since PhD and of service as int64, the nine-month salary (int64) to predict."""
+    raw = _rdataset("carData", "Salaries")
+    frame = _subsample(raw, rows, seed)
+    frame = _with_row_id(frame.drop(columns="rownames"), frame["rownames"] - 1)
+    frame = _text(frame, SALARY_TEXT)
+    for column in ["yrs.since.phd", "yrs.service", "salary"]:
+        frame[column] = frame[column].astype("int64")
+    return DataSet("salaries", frame, "salary", SALARY_FEATURES)
 
 
 HASH_EXTREMES = [2**53 + 1, -(2**53) - 1, 2**63 - 1, -(2**63), 2**62 + 3]
@@ -442,17 +459,18 @@ def expected_outputs(
     features: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """The columns batch-infer adds (besides predicted_at, model_version), by calling the model
-    on the training-dtype frame as the notebook does: ``model.predict(frame[features])``.
+    on the training-dtype frame as the notebook does: ``model.predict(frame[features])``."""
+    return model_outputs(model, frame[model_features(model, features)], methods)
+
+
+def model_outputs(model: Any, X: Any, methods: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The model's own methods on ``X``, named as batch-infer names the columns it adds.
 
     predict -> ``prediction`` (2-D: ``prediction_<i>``; an (n, 1) result, as CatBoost's
     multiclass predict gives, is one column: ``prediction``); predict_proba -> binary:
     ``probability`` = proba[:, 1], else ``probability_<class>``; decision_function -> 1-D:
     ``decision``, 2-D: ``decision_<class>``; score_samples -> ``score``.
     """
-    from batch_infer.model.rowwise import as_scored
-
-    model = as_scored(model)  # the model as batch-infer calls it (row-independent scoring)
-    X = frame[model_features(model, features)]
     out: dict[str, np.ndarray] = {}
     for method in methods or default_methods(model):
         values = np.asarray(getattr(model, method)(X))
@@ -480,6 +498,129 @@ def expected_outputs(
         else:
             raise ValueError(f"unknown method {method!r}")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# How close batch-infer's outputs are to the model's own (README: Same row, same bits)
+# --------------------------------------------------------------------------------------------
+
+EPS = np.finfo(np.float64).eps
+PROBABILITY_BOUND = 4 * EPS  # a linear model's probabilities
+TILED_RTOL = 1e-12  # models scored on fixed tiles, forests whose threads add trees in any order
+
+# parts that transform each row on its own (batch-infer calls them as they are)
+PER_ROW_MODULES = (
+    "sklearn.preprocessing",
+    "sklearn.impute",
+    "sklearn.feature_extraction",
+    "sklearn.feature_selection",
+    "sklearn.compose",
+    "sklearn.pipeline",
+)
+TREE_MODULES = ("sklearn.tree", "sklearn.ensemble", "xgboost", "lightgbm", "catboost")
+
+
+def _finals(model: Any, X: Any) -> list[tuple[Any, Any]]:
+    """The model's last step(s), each with the rows it takes (the steps before applied)."""
+    if hasattr(model, "steps"):
+        return _finals(model.steps[-1][1], model[:-1].transform(X))
+    if type(model).__name__ in ("MultiOutputRegressor", "MultiOutputClassifier"):
+        return [pair for inner in model.estimators_ for pair in _finals(inner, X)]
+    return [(model, X)]
+
+
+def _before_finals(model: Any) -> list[Any]:
+    """Every step before the last one(s), inside ColumnTransformers and Pipelines too."""
+    if hasattr(model, "steps"):
+        steps = [step for _, step in model.steps[:-1]]
+        return [*_flattened(steps), *_before_finals(model.steps[-1][1])]
+    return []
+
+
+def _flattened(steps: list[Any]) -> list[Any]:
+    found = []
+    for step in steps:
+        if isinstance(step, str) or step is None:  # "drop", "passthrough"
+            continue
+        found.append(step)
+        if hasattr(step, "steps"):
+            found.extend(_flattened([s for _, s in step.steps]))
+        if hasattr(step, "transformers_"):
+            found.extend(_flattened([t for _, t, _ in step.transformers_]))
+    return found
+
+
+def _module(part: Any) -> str:
+    return type(part).__module__
+
+
+def arithmetic(model: Any, X: Any) -> str:
+    """How batch-infer's floats may differ from the model's own on a whole table.
+
+    "exact": the model already scores each row on its own (trees, boosting, a linear model on
+    sparse rows, which SciPy sums as batch-infer does); "linear": a linear model on dense rows
+    (batch-infer sums the dot product in another order than BLAS); "close": anything else
+    (scored on fixed tiles), or a forest whose threads add the trees in any order.
+    """
+    from sklearn.linear_model._base import LinearClassifierMixin, LinearModel
+
+    if not all(_module(part).startswith(PER_ROW_MODULES) for part in _before_finals(model)):
+        return "close"
+    kinds = set()
+    for final, rows in _finals(model, X):
+        if isinstance(final, LinearClassifierMixin | LinearModel):
+            kinds.add("exact" if hasattr(rows, "tocsr") else "linear")
+        elif _module(final).startswith(TREE_MODULES):
+            threads = getattr(final, "n_jobs", None) not in (1, None)
+            kinds.add("close" if threads and _module(final).startswith("sklearn.") else "exact")
+        else:
+            kinds.add("close")
+    return "close" if "close" in kinds else "linear" if "linear" in kinds else "exact"
+
+
+def linear_bound(model: Any, X: Any) -> np.ndarray:
+    """Per row: (terms + 1) * eps * (sum |x_j w_j| + |b|), the rounding bound of two ways of
+    summing a dot product (any order, fused or not), over every output of the model."""
+    bounds = []
+    for final, rows in _finals(model, X):
+        rows = np.asarray(rows.toarray() if hasattr(rows, "toarray") else rows, dtype=np.float64)
+        coef = np.atleast_2d(final.coef_)
+        magnitude = np.abs(rows) @ np.abs(coef).T + np.abs(np.atleast_1d(final.intercept_))
+        bounds.append((coef.shape[1] + 1) * EPS * magnitude.max(axis=1))
+    return np.max(bounds, axis=0)
+
+
+def assert_models_own(
+    got: Any, model: Any, X: Any, methods: list[str] | None = None, kind: str | None = None
+) -> None:
+    """batch-infer's added columns (``got[name]``, rows in ``X``'s order) against the model's own
+    methods called on ``X`` (what the model takes: the training-dtype frame, or the scaled
+    matrix): labels identical; floats within the README's bound for the model's ``arithmetic``
+    (identical; a linear model's probabilities within 4 eps and its decision values and
+    predictions within ``linear_bound``; otherwise within ``TILED_RTOL``)."""
+    want = model_outputs(model, X, methods)
+    kind = kind or arithmetic(model, X)
+    bound = linear_bound(model, X) if kind == "linear" else None
+    for name, expected in want.items():
+        values = np.asarray(got[name])
+        assert len(values) == len(expected), name
+        if expected.dtype.kind not in "fc":
+            if expected.dtype.kind in "iub":  # 1 == 1.0 in Python: check the kind of number
+                assert values.dtype.kind == expected.dtype.kind, (name, values.dtype)
+            assert values.tolist() == expected.tolist(), f"{name}: labels differ"
+            continue
+        values, expected = values.astype(np.float64), expected.astype(np.float64)
+        if kind == "exact":
+            np.testing.assert_array_equal(values, expected, err_msg=name)
+        elif kind == "close":
+            np.testing.assert_allclose(values, expected, rtol=TILED_RTOL, atol=0, err_msg=name)
+        else:
+            allowed = PROBABILITY_BOUND if name.startswith("probability") else bound
+            differ = np.flatnonzero(np.abs(values - expected) > allowed)
+            assert differ.size == 0, (
+                f"{name}: rows {differ[:10].tolist()} beyond the bound by "
+                f"{np.max(np.abs(values - expected) - allowed):.3g}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -622,6 +763,39 @@ def fit_catboost(data: DataSet):
         allow_writing_files=False,  # else it writes catboost_info/ into the working directory
     )
     return model.fit(data.X, data.y)
+
+
+def _catboost(kind: str, **params: Any):
+    import catboost
+
+    return getattr(catboost, kind)(
+        iterations=40,
+        verbose=0,
+        random_seed=0,
+        thread_count=2,
+        allow_writing_files=False,  # else it writes catboost_info/ into the working directory
+        **params,
+    )
+
+
+def fit_catboost_regressor(data: DataSet):
+    """Salaries: salary from rank, discipline and sex (CatBoost's categories) and the years."""
+    model = _catboost("CatBoostRegressor", cat_features=SALARY_TEXT)
+    return model.fit(data.X, data.y)
+
+
+def fit_catboost_multi_target(data: DataSet):
+    """Salaries: (salary, years of service) from the rest, one MultiRMSE model."""
+    features = [f for f in data.features if f != "yrs.service"]
+    model = _catboost("CatBoostRegressor", cat_features=SALARY_TEXT, loss_function="MultiRMSE")
+    return model.fit(data.frame[features], data.frame[["salary", "yrs.service"]])
+
+
+def fit_catboost_rank(data: DataSet):
+    """Salaries: rank (three classes) from the rest, salary included."""
+    features = ["discipline", "yrs.since.phd", "yrs.service", "sex", "salary"]
+    model = _catboost("CatBoostClassifier", cat_features=["discipline", "sex"])
+    return model.fit(data.frame[features], data.frame["rank"])
 
 
 def fit_imputed_logistic(data: DataSet):

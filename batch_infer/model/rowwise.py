@@ -121,13 +121,6 @@ def _cached_twin(part: Any) -> Any:
     return part if cached is _SELF else cached
 
 
-def as_scored(model: Any) -> Any:
-    """The model as batch-infer calls it (its row-wise twin), or itself when it is scored on
-    tiles: what a test compares batch-infer's output with, bit for bit."""
-    twin = rowwise_twin(model)
-    return model if twin is None else twin
-
-
 def rowwise_twin(part: Any) -> Any | None:
     """The part, or a shallow copy that scores each row on its own; None if that is unknown."""
     if part is None or isinstance(part, str):  # "drop", "passthrough"
