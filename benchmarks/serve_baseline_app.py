@@ -31,7 +31,7 @@ class PredictRequest(BaseModel):
 
 class PredictResponse(BaseModel):
     prediction: int
-    probability: float
+    probability: list[float]  # the whole predict_proba row, as the seed apps answer
     model_version: str
 
 
@@ -44,7 +44,7 @@ def health() -> dict:
 def predict(request: PredictRequest) -> PredictResponse:
     frame = pd.DataFrame([request.features])
     prediction = model.predict(frame)[0]
-    probability = model.predict_proba(frame)[0, 1]
+    probability = model.predict_proba(frame)[0]
     return PredictResponse(
-        prediction=int(prediction), probability=float(probability), model_version=MODEL_VERSION
+        prediction=int(prediction), probability=probability.tolist(), model_version=MODEL_VERSION
     )
