@@ -33,6 +33,7 @@ from .table_staging import (
     CommitConflict,
     Committed,
     TableTarget,
+    partition_text,
     partition_values_of,
     plain_type,
 )
@@ -204,7 +205,7 @@ class DeltaTarget(TableTarget):
         table = self._table()
         if table is None:
             return set()
-        actions = table.get_add_actions(flatten=False)
+        actions = pa.table(table.get_add_actions(flatten=False))  # an arro3 table: to pyarrow
         return {str(p) for p in actions.column("path").to_pylist()}
 
     def table_commit(
@@ -255,21 +256,16 @@ class DeltaTarget(TableTarget):
                     commit_properties=commit,
                 )
             else:
-                filters = _partition_filters(files, partition_by) if overwrite else None
-                if overwrite and partition_by and not filters:
-                    overwrite = False  # no rows: no partition to replace
+                if overwrite:
+                    actions += _removes(table, files, partition_by, now)
                 table.create_write_transaction(
                     actions,
-                    "overwrite" if overwrite else "append",
+                    "append",  # an overwrite is the adds plus removes of what they replace
                     delta_schema,
                     partition_by=partition_by or None,
-                    partition_filters=filters,
                     commit_properties=commit,
                 )
-        except (
-            deltalake.exceptions.CommitFailedError,
-            deltalake.exceptions.TableAlreadyExistsError,
-        ) as exc:
+        except deltalake.exceptions.CommitFailedError as exc:
             raise CommitConflict(first_line(exc)) from exc
         except deltalake.exceptions.DeltaError as exc:
             if "already exists" in str(exc).lower() or "conflict" in str(exc).lower():
@@ -279,17 +275,28 @@ class DeltaTarget(TableTarget):
         return f"version {table.version() if table is not None else '?'}"
 
 
-def _partition_filters(
-    files: list[OutputFile], partition_by: list[str]
-) -> list[Any] | None:
-    """The partitions an overwrite replaces: those the run's files hold (DNF: an OR of ANDs).
+def _removes(table: Any, files: list[OutputFile], partition_by: list[str], now: int) -> list[Any]:
+    """Remove actions for the table's files in the partitions the run writes (all of them
+    without partition columns): an overwrite replaces those partitions and no others."""
+    from deltalake.transaction import RemoveAction  # the [delta] extra
 
-    Without partition columns, the whole table (None)."""
-    if not partition_by:
-        return None
-    seen: dict[tuple, list[tuple[str, str, Any]]] = {}
-    for f in files:
-        values = partition_values_of(f.path)
-        key = tuple(values.get(n) for n in partition_by)
-        seen[key] = [(n, "=", values.get(n)) for n in partition_by]
-    return list(seen.values()) or None
+    written = {tuple(partition_values_of(f.path).get(n) for n in partition_by) for f in files}
+    existing = pa.table(table.get_add_actions(flatten=False)).to_pylist()
+    removes = []
+    for entry in existing:
+        values = {
+            k: None if v is None else partition_text(v)
+            for k, v in (entry.get("partition") or {}).items()
+        }
+        if partition_by and tuple(values.get(n) for n in partition_by) not in written:
+            continue
+        removes.append(
+            RemoveAction(
+                path=entry["path"],
+                data_change=True,
+                deletion_timestamp=now,
+                size=entry.get("size_bytes"),
+                partition_values=values,
+            )
+        )
+    return removes

@@ -52,6 +52,7 @@ COMMIT_ATTEMPTS = 4  # table commits tried against a newer version before Locked
 RUN_KEY = "batch-infer.run-key"
 RUN_ID = "batch-infer.run-id"
 MANIFEST_KEY = "batch-infer.manifest"
+MODE_KEY = "batch-infer.mode"
 
 
 @dataclass(frozen=True)
@@ -502,7 +503,12 @@ class TableTarget(FolderTarget):
             self.fs, storage.join(self.root, manifest_path), json.dumps(manifest, indent=2).encode()
         )
         files = [OutputFile(e["path"], e["rows"], e["bytes"]) for e in manifest["files"]]
-        properties = {RUN_KEY: self.staging_key, RUN_ID: run_id, MANIFEST_KEY: manifest_path}
+        properties = {
+            RUN_KEY: self.staging_key,
+            RUN_ID: run_id,
+            MANIFEST_KEY: manifest_path,
+            MODE_KEY: intent["mode"],
+        }
         failpoints.reached("before-success")  # staged and planned; the table is unchanged
         version = self._commit_with_retries(files, schema, intent["partition_by"], intent["mode"], properties)
         log.info("committed run %s to %s as %s", run_id, self.url, version)

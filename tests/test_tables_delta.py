@@ -1,0 +1,216 @@
+"""``--output delta:...``: the real CLI into Delta tables on disk and on S3 (moto), read back by
+deltalake and Polars and compared with the folder output of the same run; crashes are real
+SIGKILLs (BATCH_INFER_FAILPOINT)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+deltalake = pytest.importorskip("deltalake")
+
+from .conftest import churn_table, write_parquet  # noqa: E402
+from .tables_helpers import (  # noqa: E402
+    assert_same_rows,
+    cli,
+    command,
+    error_line,
+    files_under,
+    folder_reference,
+)
+from .tables_helpers import BUCKET, moto_s3  # noqa: E402,F401  (a fixture)
+
+RUN_KEY = "batch-infer.run-key"
+
+
+def _runs(uri: str, **options) -> list[tuple[int, str, str]]:
+    """(version, run key, run id) of each commit carrying a batch-infer run key, oldest first."""
+    table = deltalake.DeltaTable(uri, storage_options=options or None)
+    return sorted(
+        (e["version"], e[RUN_KEY], e["batch-infer.run-id"]) for e in table.history() if RUN_KEY in e
+    )
+
+
+def _named_files(uri: str) -> set[str]:
+    return set(pa.table(deltalake.DeltaTable(uri).get_add_actions(flatten=True)).column("path").to_pylist())
+
+
+@pytest.fixture
+def model(trained_models) -> Path:
+    return trained_models["binary"]
+
+
+def test_run_into_a_new_delta_table_gives_the_folder_rows_in_one_commit(
+    tmp_path, churn_input, model
+):
+    table = tmp_path / "scores"
+    done = cli(command(churn_input, f"delta:{table}", model))
+    assert done.returncode == 0, done.stderr
+    want = folder_reference(tmp_path, churn_input, model)
+
+    delta = deltalake.DeltaTable(str(table))
+    assert_same_rows(delta.to_pyarrow_table(), want)
+    assert_same_rows(pl.read_delta(str(table)).to_arrow(), want)
+    assert delta.metadata().partition_columns == ["day"]
+    # each file's partition value in the log is the day of its rows
+    actions = pa.table(delta.get_add_actions(flatten=True)).to_pylist()
+    for action in actions:
+        rows = pl.read_parquet(table / action["path"])
+        assert "day" not in rows.columns  # Delta keeps partition values in the log only
+        assert action["path"].startswith(f"day={action['partition.day']}/")
+    assert sum(a["num_records"] for a in actions) == 5_000
+    # one commit, carrying the run key; nothing unnamed left in the table's folder
+    runs = _runs(str(table))
+    assert len(runs) == 1 and len(runs[0][1]) == 16
+    assert delta.transaction_version(f"batch-infer:{runs[0][1]}") is not None
+    assert files_under(table) == _named_files(str(table))
+    assert not (table / "_batch_infer" / "_staging").exists()
+    assert (table / "_batch_infer" / "_manifests" / f"{runs[0][2]}.json").exists()
+
+
+def test_kill_while_scoring_leaves_no_table_then_the_rerun_commits_once(
+    tmp_path, churn_input, model
+):
+    table = tmp_path / "scores"
+    args = command(churn_input, f"delta:{table}", model)
+    killed = cli(args, BATCH_INFER_FAILPOINT="between-fragments")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not deltalake.DeltaTable.is_deltatable(str(table))  # nothing committed
+    staged = files_under(table)
+    assert staged  # some fragments were written before the kill
+
+    rerun = cli(args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already staged" in rerun.stderr  # resumed, not started over
+    assert len(_runs(str(table))) == 1
+    assert_same_rows(
+        deltalake.DeltaTable(str(table)).to_pyarrow_table(),
+        folder_reference(tmp_path, churn_input, model),
+    )
+    named = _named_files(str(table))
+    assert files_under(table) == named
+    assert staged & named  # the complete files of the killed attempt were reused
+
+
+@pytest.mark.parametrize("point", ["before-success", "after-success"])
+def test_kill_around_the_commit_never_commits_twice(tmp_path, churn_input, model, point):
+    table = tmp_path / "scores"
+    args = command(churn_input, f"delta:{table}", model)
+    killed = cli(args, BATCH_INFER_FAILPOINT=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    committed = deltalake.DeltaTable.is_deltatable(str(table))
+    assert committed == (point == "after-success")
+
+    rerun = cli(args)
+    assert rerun.returncode == 0, rerun.stderr
+    runs = _runs(str(table))
+    assert len(runs) == 1
+    if point == "after-success":
+        assert "already committed" in rerun.stderr and "version 0" in rerun.stderr
+    assert deltalake.DeltaTable(str(table)).version() == 0
+    assert_same_rows(
+        deltalake.DeltaTable(str(table)).to_pyarrow_table(),
+        folder_reference(tmp_path, churn_input, model),
+    )
+    assert not (table / "_batch_infer" / "_staging").exists()
+
+
+def test_same_run_again_fails_or_skips_and_other_dates_append(tmp_path, churn_input, model):
+    table = tmp_path / "scores"
+    first = cli(command(churn_input, f"delta:{table}", model))
+    assert first.returncode == 0, first.stderr
+
+    again = cli(command(churn_input, f"delta:{table}", model))
+    assert again.returncode == 5
+    assert error_line(again).startswith(f"Error: delta:{table} already holds this run")
+    assert "version 0" in error_line(again)
+    skipped = cli(command(churn_input, f"delta:{table}", model, "--if-exists", "skip"))
+    assert skipped.returncode == 0, skipped.stderr
+    assert deltalake.DeltaTable(str(table)).version() == 0
+
+    later = cli(command(churn_input, f"delta:{table}", model, run_date="2026-02-02"))
+    assert later.returncode == 0, later.stderr
+    runs = _runs(str(table))
+    assert [v for v, _, _ in runs] == [0, 1] and runs[0][1] != runs[1][1]
+    rows = pl.read_delta(str(table))
+    assert rows.height == 10_000
+    dates = rows.group_by(pl.col("predicted_at").dt.date()).len().sort("predicted_at")
+    assert dates["len"].to_list() == [5_000, 5_000]
+
+
+def test_overwrite_replaces_only_the_partitions_the_run_writes(tmp_path, churn_input, model):
+    table = tmp_path / "scores"
+    first = cli(command(churn_input, f"delta:{table}", model))
+    assert first.returncode == 0, first.stderr
+    # a later run over day 2 only, overwriting: day 1 must stay as the first run wrote it
+    day2 = tmp_path / "day2"
+    write_parquet(churn_table(5_000, seed=1).slice(2_500), day2 / "day=2" / "b.parquet")
+    args = command(day2, f"delta:{table}", model, "--mode", "overwrite", run_date="2026-03-01")
+    second = cli(args)
+    assert second.returncode == 0, second.stderr
+
+    rows = pl.read_delta(str(table))
+    assert rows.height == 5_000
+    by_day = rows.group_by("day", pl.col("predicted_at").dt.date().alias("date")).len().sort("day")
+    assert by_day.select("day", pl.col("date").cast(pl.String), "len").rows() == [
+        (1, "2026-02-01", 2_500),
+        (2, "2026-03-01", 2_500),
+    ]
+    assert len(_runs(str(table))) == 2  # the overwrite is one commit too
+    history = deltalake.DeltaTable(str(table)).history(limit=1)[0]
+    assert history["operation"] == "WRITE" and history["batch-infer.mode"] == "overwrite"
+
+
+def test_schema_mismatch_is_an_output_conflict_and_leaves_the_table_alone(
+    tmp_path, churn_input, model
+):
+    table = tmp_path / "scores"
+    reference = folder_reference(tmp_path, churn_input, model)
+    existing = reference.set_column(
+        reference.schema.get_field_index("probability"),
+        "probability",
+        reference.column("probability").cast(pa.string()),
+    )
+    existing = existing.set_column(
+        existing.schema.get_field_index("day"), "day", existing.column("day").cast(pa.int64())
+    )
+    deltalake.write_deltalake(str(table), existing, partition_by=["day"])
+    done = cli(command(churn_input, f"delta:{table}", model))
+    assert done.returncode == 5, done.stderr
+    assert error_line(done) == (
+        f"Error: column 'probability' is double in the output but string in delta:{table} "
+        "— cast it upstream, or write to another table"
+    )
+    assert deltalake.DeltaTable(str(table)).version() == 0
+    assert files_under(table) == _named_files(str(table))
+
+
+def test_delta_table_on_s3(moto_s3, tmp_path, churn_input, model):
+    moto_endpoint, s3 = moto_s3
+    uri = f"s3://{BUCKET}/tables/scores"
+    args = command(churn_input, f"delta:{uri}", model)
+    killed = cli(args, BATCH_INFER_FAILPOINT="between-fragments")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    options = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ALLOW_HTTP": "true"}
+    assert not deltalake.DeltaTable.is_deltatable(uri, storage_options=options)
+
+    rerun = cli(args)
+    assert rerun.returncode == 0, rerun.stderr
+    table = deltalake.DeltaTable(uri, storage_options=options)
+    want = folder_reference(tmp_path, churn_input, model)
+    assert_same_rows(table.to_pyarrow_table(), want)
+    assert_same_rows(pl.read_delta(uri, storage_options=options).to_arrow(), want)
+    assert len(_runs(uri, **options)) == 1
+    named = set(pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist())
+    s3.invalidate_cache()
+    stored = {
+        p.split("/tables/scores/", 1)[1]
+        for p in s3.find(f"{BUCKET}/tables/scores")
+        if p.endswith(".parquet") and "/_" not in p.split("/tables/scores", 1)[1]
+    }
+    assert stored == named  # the killed attempt's orphans are gone
+    assert not s3.find(f"{BUCKET}/tables/scores/_batch_infer/_staging")
