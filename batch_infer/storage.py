@@ -56,6 +56,14 @@ def resolve(
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """URL -> (filesystem, path as that filesystem names it)."""
     options = dict(storage_options or {})
+    if _protocol(url) in S3_PROTOCOLS and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        from .redaction import redact_url
+
+        raise ConfigError(
+            f"{redact_url(url)}: an s3:// URL cannot carry credentials (user:password@)",
+            "remove them from the URL; give them as storage_options key and secret, or in the "
+            "AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE)",
+        )
     try:
         if _protocol(url) in S3_PROTOCOLS and "::" not in url:
             cls = _s3_filesystem_class()
@@ -334,9 +342,7 @@ def put_conditional(
     return response["ETag"]
 
 
-def read_versioned(
-    fs: fsspec.AbstractFileSystem, path: str
-) -> tuple[bytes, str, float] | None:
+def read_versioned(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, str, float] | None:
     """(content, ETag, age in seconds by the store's own clock) of ``path``; None if absent.
 
     One GET gives all three for the same version; the age compares the object's Last-Modified

@@ -217,7 +217,8 @@ def test_a_stalled_holder_does_not_overwrite_the_run_that_took_over(where):
         f"lost {target.url}: the output lock of run run-a was taken over by run run-b"
     ), stdout
     assert "host-b" in stdout
-    assert _lock_content(target)["run_id"] == "run-b"  # neither the heartbeat nor release touched it
+    # neither the heartbeat nor the release touched it
+    assert _lock_content(target)["run_id"] == "run-b"
     b.check()
     b.rename("run-b2")
     assert _lock_content(target)["run_id"] == "run-b2"

@@ -49,9 +49,7 @@ def test_int64_beyond_2_53_with_float64_is_refused_before_scoring(tmp_path, trai
     assert not out.exists()  # refused at planning: nothing written, not even staging
 
 
-def test_small_int64_ids_with_float64_are_refused_not_turned_into_doubles(
-    tmp_path, trained_models
-):
+def test_small_int64_ids_with_float64_are_refused_not_turned_into_doubles(tmp_path, trained_models):
     source = _two_files(
         tmp_path,
         pa.array(range(100), pa.int64()),
