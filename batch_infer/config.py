@@ -165,6 +165,26 @@ class EngineConfig(_Section):
     )
 
 
+class CatalogConfig(_Section):
+    """The Iceberg catalog of ``iceberg:NAMESPACE.TABLE`` inputs and outputs (pyiceberg)."""
+
+    name: str = Field(
+        "default",
+        description="The pyiceberg catalog (.pyiceberg.yaml, PYICEBERG_CATALOG__<NAME>__*); with "
+        "none configured, an embedded SQLite catalog in the warehouse folder.",
+    )
+    warehouse: str = Field(
+        "warehouse",
+        description="Folder or URL of the embedded catalog's warehouse (when no catalog is "
+        "configured).",
+    )
+    properties: dict[str, Any] = Field(
+        default_factory=dict,
+        description="pyiceberg catalog properties (uri, type, warehouse, s3.*, ...), overriding "
+        "pyiceberg's own configuration of that catalog.",
+    )
+
+
 class ObserveConfig(_Section):
     """What a run publishes besides its output: metrics, an HTML report, lineage events."""
 
@@ -236,6 +256,7 @@ class RunConfig(_Section):
         None, gt=0, le=256, description="Fragments scored side by side (default: the cores)."
     )
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     observe: ObserveConfig = Field(default_factory=ObserveConfig)
     serve: ServeSection | None = Field(
         None, description="Read by `batch-infer serve` only; a run ignores it."
@@ -309,6 +330,7 @@ PATH_FIELDS = (
     ("output", "rejects"),
     ("observe", "metrics_file"),
     ("observe", "report_html"),
+    ("catalog", "warehouse"),
 )
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -326,6 +348,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def anchored(path: str, folder: str) -> str:
     """``path`` relative to ``folder``; URLs, absolute and ``~`` paths are returned unchanged."""
+    if path.startswith("iceberg:"):  # a table's name in a catalog, not a path
+        return path
+    if path.startswith("delta:"):
+        return "delta:" + anchored(path.removeprefix("delta:"), folder)
     if not path or _URL.match(path) or "::" in path or path.startswith("~"):
         return path
     if os.path.isabs(path):
@@ -424,6 +450,8 @@ FLAGS = {
     "workers": "--workers",
     "engine.kind": "--engine",
     "engine.scheduler": "--scheduler",
+    "catalog.name": "--catalog",
+    "catalog.warehouse": "--warehouse",
     "observe.metrics_file": "--metrics-file",
     "observe.pushgateway": "--pushgateway",
     "observe.report_html": "--report-html",

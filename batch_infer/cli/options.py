@@ -140,3 +140,18 @@ FormatOpt = Annotated[
     OutputFormat,
     typer.Option("--output-format", help="text, or json: the last stdout line is one JSON object."),
 ]
+CatalogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--catalog",
+        help="pyiceberg catalog of iceberg: inputs and outputs (default: 'default'; none "
+        "configured: an embedded SQLite catalog in --warehouse).",
+    ),
+]
+WarehouseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--warehouse",
+        help="Warehouse folder of the embedded Iceberg catalog (default ./warehouse).",
+    ),
+]

@@ -13,6 +13,7 @@ import typer
 from .common import emit, exit_codes, flag_overrides, load, setup_logging, stop_on_sigterm
 from .options import (
     BatchOpt,
+    CatalogOpt,
     ConfigOpt,
     ContractOpt,
     FeaturesOpt,
@@ -40,6 +41,7 @@ from .options import (
     StrictOpt,
     VerboseOpt,
     VersionOpt,
+    WarehouseOpt,
     WorkersOpt,
 )
 
@@ -108,6 +110,8 @@ def run(
             help="Send OpenLineage START and COMPLETE/FAIL events to this URL.",
         ),
     ] = None,
+    catalog: CatalogOpt = None,
+    warehouse: WarehouseOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
@@ -133,6 +137,7 @@ def run(
         contract,
     )
     overrides["workers"] = workers
+    overrides["catalog"] = {"name": catalog, "warehouse": warehouse}
     overrides["resume"] = resume
     overrides["engine"] = {"kind": engine, "scheduler": scheduler}
     overrides["observe"] = {
@@ -182,6 +187,8 @@ def validate(
     outputs: OutputsOpt = None,
     contract: ContractOpt = None,
     runtime: RuntimeOpt = None,
+    catalog: CatalogOpt = None,
+    warehouse: WarehouseOpt = None,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
     log_format: LogFormatOpt = LogFormat.text,
@@ -206,6 +213,7 @@ def validate(
         contract,
     )
     overrides["model"]["runtime"] = runtime
+    overrides["catalog"] = {"name": catalog, "warehouse": warehouse}
     with exit_codes(verbose):
         from ..runner import validate as validate_job
 
