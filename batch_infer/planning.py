@@ -92,6 +92,9 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         key,
         config.output.rejects,
         commit_concurrency=config.output.commit_concurrency,
+        schema=output_schema,
+        partition_by=config.output.partition_by,
+        catalog=config.catalog,
     )
     if config.engine.kind == "dask":
         model_fs, _ = storage.resolve(config.model.path, config.model.storage_options)

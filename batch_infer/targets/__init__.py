@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
+
+from ..config import CatalogConfig
 from .base import FragmentRecord, OutputFile, Target
 from .folder import (
     COMMIT_CONCURRENCY,
@@ -29,19 +32,38 @@ def open_target(
     rejects: str | None = None,
     *,
     commit_concurrency: int = COMMIT_CONCURRENCY,
+    schema: pa.Schema | None = None,
+    partition_by: list[str] | None = None,
+    catalog: CatalogConfig | None = None,
 ) -> Target:
-    """The target an output URL names: ``delta:PATH``, ``iceberg:NAMESPACE.TABLE``, or a folder."""
+    """The target an output URL names: ``delta:PATH``, ``iceberg:NAMESPACE.TABLE``, or a folder.
+
+    Tables need the output's ``schema`` and ``partition_by`` (to create or check the table);
+    Iceberg its ``catalog``."""
     if url.startswith("delta:"):
         from . import delta  # the [delta] extra: imported only for a delta: output
 
-        return delta.open_delta(url, storage_options, staging_key, rejects)
+        return delta.open_delta(
+            url, storage_options, staging_key, rejects, schema=schema, partition_by=partition_by
+        )
     if url.startswith("iceberg:"):
         from . import iceberg  # the [iceberg] extra: imported only for an iceberg: output
 
-        return iceberg.open_iceberg(url, storage_options, staging_key, rejects)
+        catalog = catalog or CatalogConfig()
+        return iceberg.open_iceberg(
+            url,
+            storage_options,
+            staging_key,
+            rejects,
+            catalog=catalog.name,
+            warehouse=catalog.warehouse,
+            schema=schema,
+            partition_by=partition_by,
+        )
     return open_folder(
         url, storage_options, staging_key, rejects, commit_concurrency=commit_concurrency
     )
+
 
 __all__ = [
     "MANIFEST",
