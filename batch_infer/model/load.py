@@ -22,7 +22,7 @@ from ..config import ModelConfig, OutputColumns
 from ..errors import ConfigError, ModelError, first_line, from_store
 from .cache import CompiledModel, artifact_folder, find_compiled
 from .contract import Contract, derive_contract, merge_saved
-from .outputs import OutputPlan, plan_outputs
+from .outputs import OutputPlan, classes_of, estimator_type, plan_outputs
 
 log = logging.getLogger(__name__)
 
@@ -473,36 +473,26 @@ def _is_sklearn(obj: Any) -> bool:
 
 
 def _kind(estimator: Artifact) -> tuple[ModelKind, list[Any] | None]:
-    """What the model is, for reports: classifier (binary/multiclass), regressor, detector, ..."""
-    from sklearn.base import is_classifier
+    """What the model is, for reports: classifier (binary/multiclass), regressor, detector, ...
 
+    As the model says (scikit-learn's tags, ``_estimator_type``) before its ``classes_``.
+    """
     obj = estimator.obj
-    kind = _tags_type(obj)
-    if is_classifier(obj) or hasattr(obj, "classes_"):
-        classes = getattr(obj, "classes_", None)
-        if classes is None:
+    kind = estimator_type(obj)
+    classes = classes_of(obj)
+    if classes is None:
+        if kind == "classifier":
             raise ModelError(
                 f"{estimator.url} holds a classifier that is not fitted (no classes_)",
                 "fit the model before saving it",
             )
-        if isinstance(classes, list) and classes and isinstance(classes[0], np.ndarray):
-            return "multi_output", [np.asarray(c).tolist() for c in classes]
-        classes = np.asarray(classes).tolist()
-        return ("binary" if len(classes) == 2 else "multiclass"), classes
-    if kind in ("outlier_detector", "clusterer"):
-        return kind, None
-    if kind == "regressor":
-        return "regressor", None
-    return "other", None
-
-
-def _tags_type(obj: Any) -> str | None:
-    try:
-        from sklearn.utils import get_tags
-
-        return get_tags(obj).estimator_type
-    except Exception:
-        return getattr(obj, "_estimator_type", None)
+        if kind in ("regressor", "outlier_detector", "clusterer"):
+            return kind, None
+        return "other", None
+    if isinstance(classes, list) and classes and isinstance(classes[0], np.ndarray):
+        return "multi_output", [np.asarray(c).tolist() for c in classes]
+    classes = np.asarray(classes).tolist()
+    return ("binary" if len(classes) == 2 else "multiclass"), classes
 
 
 def _fitted_names(obj: Any) -> list[str] | None:

@@ -102,7 +102,7 @@ def check_requested(
 
 
 def _columns(estimator: Any, method: str, names: OutputColumns) -> list[OutputColumn]:
-    classes = _classes(estimator)
+    classes = classes_of(estimator)
     if method == "predict":
         if isinstance(classes, list) and classes and isinstance(classes[0], np.ndarray):
             return [  # multi-output classifier: one label column per output
@@ -193,33 +193,44 @@ def final_step(estimator: Any) -> Any:
     return steps[-1][1] if steps else estimator
 
 
-def _classes(estimator: Any) -> Any:
-    try:
-        return getattr(estimator, "classes_", None)
-    except AttributeError:
+def classes_of(estimator: Any) -> Any:
+    """A classifier's labels (``classes_``; a list of arrays for a multi-output classifier), or
+    None for any other model.
+
+    The model's own word comes first (scikit-learn's tags, or its ``_estimator_type``): a
+    ``classes_`` attribute alone proves nothing, CatBoost's regressors have an empty one.
+    """
+    if estimator_type(estimator) not in (None, "classifier"):
         return None
+    try:
+        classes = getattr(estimator, "classes_", None)
+    except AttributeError:  # a property that needs a fitted model
+        return None
+    if classes is None or (isinstance(classes, list) and classes and np.ndim(classes[0]) == 1):
+        return classes
+    return classes if np.size(classes) else None
 
 
 def _is_classifier(estimator: Any) -> bool:
-    from sklearn.base import is_classifier
-
-    return is_classifier(estimator) or _classes(estimator) is not None
+    return estimator_type(estimator) == "classifier" or classes_of(estimator) is not None
 
 
-def _estimator_type(estimator: Any) -> str | None:
+def estimator_type(estimator: Any) -> str | None:
+    """The kind the model says it is ("classifier", "regressor", "clusterer", ...), or None."""
+    final = final_step(estimator)
     try:
-        from sklearn.utils import get_tags
+        from sklearn.utils import get_tags  # here: a compiled run never imports scikit-learn
 
-        return get_tags(final_step(estimator)).estimator_type
-    except Exception:
-        return getattr(final_step(estimator), "_estimator_type", None)
+        return get_tags(final).estimator_type
+    except Exception:  # an estimator that does not implement the tags, or an older scikit-learn
+        return getattr(final, "_estimator_type", None)
 
 
 def _label_type(estimator: Any, classes: Any) -> pa.DataType:
     """The prediction column's type: the classes' own type, ints for detectors and clusterers."""
     if classes is not None:
         return _arrow_type(classes)
-    kind = _estimator_type(estimator)
+    kind = estimator_type(estimator)
     if kind == "outlier_detector":
         return pa.int64()
     if kind == "clusterer":
@@ -237,7 +248,7 @@ def _arrow_type(values: Any) -> pa.DataType:
 def _n_outputs(estimator: Any) -> int:
     """How many values ``predict`` gives per row (multi-output regressors give several)."""
     final = final_step(estimator)
-    if _classes(estimator) is not None:
+    if classes_of(estimator) is not None:
         return 1
     for attribute in ("n_outputs_", "_n_outputs"):
         value = getattr(final, attribute, None)
@@ -252,6 +263,9 @@ def _n_outputs(estimator: Any) -> int:
     y = getattr(final, "_y", None)  # nearest neighbours keep the training targets
     if y is not None and np.ndim(y) == 2 and np.shape(y)[1] > 1:
         return int(np.shape(y)[1])
+    scale_and_bias = getattr(final, "get_scale_and_bias", None)  # CatBoost: one bias per target
+    if callable(scale_and_bias) and type(final).__module__.split(".")[0] == "catboost":
+        return max(1, int(np.size(scale_and_bias()[1])))
     return 1
 
 
