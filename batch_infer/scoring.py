@@ -195,8 +195,8 @@ def _fails_whatever_the_rows(failure: Failure, how: str) -> ModelError:
     kind, message = failure
     return ModelError(
         f"the model raised {how}, so it is the model that fails, not the data: {kind}: {message}",
-        "call the model's predict on a few rows of the input in the environment batch-infer "
-        "runs in (library versions, the model's own code), e.g. with batch-infer inspect MODEL",
+        "call the model's predict on a few rows of the input, with the library versions "
+        "batch-infer runs with, to see why (batch-infer inspect MODEL shows what it expects)",
     )
 
 

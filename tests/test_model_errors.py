@@ -85,9 +85,7 @@ def test_a_model_that_raises_on_every_row_is_a_model_error_at_once(tmp_path):
     started = time.perf_counter()
     result = invoke(*run_args(source, out, model, "--features", ",".join(FEATURES)))
     seconds = time.perf_counter() - started
-    line = assert_fails(
-        result, MODEL, "ValueError: tariff table is empty", "the model", output=out
-    )
+    line = assert_fails(result, MODEL, "ValueError: tariff table is empty", "the model", output=out)
     assert "second line" not in line
     assert "reject" not in line
     # each row group: the whole batch, then its first, middle and last rows alone
