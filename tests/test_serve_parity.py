@@ -211,15 +211,15 @@ def test_pipeline_with_a_categorical_text_column(tmp_path):
         # tritonclient sends text as binary BYTES (it has no missing value for them)
         complete = expected.filter(pc.invert(pc.is_null(expected.column("sex"))))
         check_with_tritonclient(server.url, "penguins", complete, data.features, outputs)
-        # the simple endpoint: the label, and each class's probability
+        # the simple endpoint: the label, and the whole probability row in class order
         row = expected.slice(0, 1).to_pylist()[0]
         answer = httpx.post(
             f"{server.url}/predict", json={"features": {n: row[n] for n in data.features}}
         ).json()
         assert answer["prediction"] == row["prediction"]
-        assert answer["probability"] == {
-            n.removeprefix("probability_"): row[n] for n in outputs if n != "prediction"
-        }
+        classes = joblib.load(model_path).classes_.tolist()
+        assert len(classes) == 3
+        assert answer["probability"] == [row[f"probability_{c}"] for c in classes]
 
 
 @pytest.mark.parametrize("content_type", ["pd", None])
