@@ -24,6 +24,7 @@ from .tables_helpers import (  # noqa: E402
     files_under,
     folder_reference,
 )
+from .tables_helpers import BUCKET, moto_s3  # noqa: E402,F401  (a fixture)
 
 RUN_KEY = "batch-infer.run-key"
 TABLE = "iceberg:db.scores"
@@ -198,3 +199,56 @@ def test_schema_mismatch_is_an_output_conflict_and_leaves_the_table_alone(
         "— cast it upstream, or write to another table"
     )
     assert _catalog(workdir).load_table("db.scores").current_snapshot().snapshot_id == before
+
+
+def test_configured_catalog_with_its_warehouse_on_s3(
+    moto_s3, tmp_path, workdir, monkeypatch, churn_input, model
+):
+    """A catalog configured the pyiceberg way (PYICEBERG_CATALOG__DEFAULT__*): SQLite on disk,
+    warehouse on S3 (moto). A kill while scoring, then the rerun commits once."""
+    endpoint, s3 = moto_s3
+    settings = {
+        "TYPE": "sql",
+        "URI": f"sqlite:///{tmp_path}/configured.db",
+        "WAREHOUSE": f"s3://{BUCKET}/warehouse",
+        "S3__ENDPOINT": endpoint,
+        "S3__ACCESS_KEY_ID": "testing",
+        "S3__SECRET_ACCESS_KEY": "testing",
+        "S3__REGION": "us-east-1",
+    }
+    for key, value in settings.items():
+        monkeypatch.setenv(f"PYICEBERG_CATALOG__DEFAULT__{key}", value)
+    args = command(churn_input, TABLE, model)
+    killed = cli(args, cwd=workdir, BATCH_INFER_FAILPOINT="between-fragments")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = cli(args, cwd=workdir)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not (workdir / "warehouse").exists()  # the configured catalog, not the embedded one
+
+    catalog = SqlCatalog(
+        "default",
+        uri=settings["URI"],
+        warehouse=settings["WAREHOUSE"],
+        **{"s3.endpoint": endpoint, "s3.access-key-id": "testing",
+           "s3.secret-access-key": "testing", "s3.region": "us-east-1"},
+    )  # fmt: skip
+    table = catalog.load_table("db.scores")
+    assert table.location() == f"s3://{BUCKET}/warehouse/db/scores"
+    assert [s.summary[RUN_KEY] for s in table.snapshots()] == [_runs_key(table)]
+    want = folder_reference(tmp_path, churn_input, model)
+    assert_same_rows(table.scan().to_arrow(), want)
+    assert_same_rows(pl.scan_iceberg(table).collect().to_arrow(), want)
+    named = {t.file.file_path for t in table.scan().plan_files()}
+    s3.invalidate_cache()
+    stored = {
+        f"s3://{p}"
+        for p in s3.find(f"{BUCKET}/warehouse/db/scores/data")
+        if p.endswith(".parquet")
+    }
+    assert stored == named  # the killed attempt's unrecorded files are gone
+    assert not s3.find(f"{BUCKET}/warehouse/db/scores/_batch_infer/_staging")
+
+
+def _runs_key(table) -> str:
+    (snapshot,) = table.snapshots()
+    return snapshot.summary[RUN_KEY]
