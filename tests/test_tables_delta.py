@@ -214,3 +214,62 @@ def test_delta_table_on_s3(moto_s3, tmp_path, churn_input, model):
     }
     assert stored == named  # the killed attempt's orphans are gone
     assert not s3.find(f"{BUCKET}/tables/scores/_batch_infer/_staging")
+
+
+def test_check_refuses_before_scoring_when_given_the_output_schema(tmp_path):
+    """What ``check`` does once ``open_target`` hands tables the run's schema: exit-5 errors
+    naming the column and both types, or the partitioning, with nothing written."""
+    from batch_infer.errors import OutputConflictError
+    from batch_infer.targets.delta import open_delta
+
+    table = tmp_path / "scores"
+    deltalake.write_deltalake(
+        str(table), pa.table({"id": pa.array([1], pa.int64()), "score": ["high"]})
+    )
+    output = pa.schema([("id", pa.int32()), ("score", pa.float64())])
+    target = open_delta(f"delta:{table}", {}, "0123456789abcdef", schema=output, partition_by=[])
+    with pytest.raises(OutputConflictError) as raised:
+        target.check("error", set())
+    assert str(raised.value) == (
+        f"column 'score' is double in the output but string in delta:{table} "
+        "— cast it upstream, or write to another table"
+    )
+    assert raised.value.exit_code == 5
+    narrower = pa.schema([("id", pa.int32()), ("score", pa.string())])
+    by_id = open_delta(f"delta:{table}", {}, "0123456789abcdef", schema=narrower, partition_by=["id"])
+    with pytest.raises(OutputConflictError, match=r"partitioned by nothing, the run by \['id'\]"):
+        by_id.check("error", set())
+    fits = open_delta(f"delta:{table}", {}, "0123456789abcdef", schema=narrower, partition_by=[])
+    fits.check("error", set())  # int32 widens to the table's long
+    unsigned = pa.schema([("id", pa.uint64()), ("score", pa.string())])
+    too_wide = open_delta(f"delta:{table}", {}, "0123456789abcdef", schema=unsigned, partition_by=[])
+    with pytest.raises(OutputConflictError, match="uint64, which a Delta table cannot hold"):
+        too_wide.check("error", set())
+    assert deltalake.DeltaTable(str(table)).version() == 0
+    assert not (table / "_batch_infer").exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "output", "extra"),
+    [("deltalake", "delta:scores", "delta"), ("pyiceberg", "iceberg:db.scores", "iceberg")],
+)
+def test_a_missing_extra_is_a_config_error_naming_it(tmp_path, churn_input, model, module, output, extra):
+    """The real CLI in a Python where the package cannot be imported (``sys.modules[name] =
+    None``, as if not installed): exit 2, saying which extra to install."""
+    import subprocess
+    import sys
+
+    from .tables_helpers import env
+
+    code = (
+        f"import sys; sys.modules[{module!r}] = None; "
+        "from batch_infer.cli import main; sys.argv[0] = 'batch-infer'; main()"
+    )
+    args = command(churn_input, output, model)[3:]  # without python -m batch_infer
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=tmp_path, env=env(), capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert error_line(done).endswith(f"— pip install 'batch-infer[{extra}]'")
+    assert not (tmp_path / "scores").exists() and not (tmp_path / "warehouse").exists()

@@ -254,7 +254,9 @@ class TableTarget(FolderTarget):
     # -- checks -------------------------------------------------------------------------------
     @property
     def rejects_url(self) -> str:
-        return storage.display(self.fs, self.rejects_root or storage.join(self.root, REJECTS))
+        """Where this run's rejected rows go: a folder per run key, next to the table."""
+        base = self.rejects_root or storage.join(self.root, REJECTS)
+        return storage.display(self.fs, storage.join(base, self.staging_key))
 
     def check(
         self,
@@ -558,7 +560,7 @@ class TableTarget(FolderTarget):
         if is_reject_file(relative):
             tail = relative[len(REJECTS) + 1 :]
             base = self.rejects_root or storage.join(self.root, REJECTS)
-            return storage.join(base, self.staging_key, tail)
+            return storage.join(base, self.staging_key, tail)  # = rejects_url
         return storage.join(self.data_root, relative)
 
     def committed_but_not_cleaned(self) -> dict[str, Any] | None:
