@@ -37,6 +37,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, note, settings
@@ -122,7 +123,10 @@ def _kinds() -> list[Kind]:
             "decimal128(38,10)",
             pa.decimal128(38, 10),
             st.decimals(
-                Decimal("-" + "9" * 28), Decimal("9" * 28), places=10, allow_nan=False,
+                Decimal("-" + "9" * 28),
+                Decimal("9" * 28),
+                places=10,
+                allow_nan=False,
                 allow_infinity=False,
             ),
         ),
@@ -357,7 +361,9 @@ def column_values(draw, kind: Kind, rows: int, typical: st.SearchStrategy | None
     null = st.none()
     if typical is not None and draw(st.booleans()):
         # values the model takes, in this column's type when pyarrow can cast them
-        values = draw(st.lists(st.one_of(typical, typical, typical, null), min_size=rows, max_size=rows))
+        values = draw(
+            st.lists(st.one_of(typical, typical, typical, null), min_size=rows, max_size=rows)
+        )
         array = _cast_kind(pa.array(values), kind)
         if array is not None:
             return array
@@ -521,6 +527,40 @@ def check_success(result, output: Path, rows_in: int) -> None:
     assert not (output / "_staging").exists(), shown
 
 
+def _comparable(column: pa.ChunkedArray | pa.Array) -> str:
+    """A column's values as text (NaN equal to NaN, any date range), dictionaries decoded."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column.to_string(window=10**6, container_window=10**6, skip_new_lines=True)
+
+
+def check_columns_unchanged(output: Path, source_file: Path, partition_by: str | None) -> None:
+    """One input file: every scored row's input columns come out with the values pyarrow reads
+    from the file (what a writer's round trip changes, such as timestamp[s] stored as ms, is not
+    batch-infer's doing)."""
+    source = pq.read_table(source_file)
+    manifest = json.loads((output / "_manifest.json").read_text())
+    tables = [pq.read_table(output / entry["path"]) for entry in manifest["files"]]
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return
+    scored = pa.concat_tables(tables, promote_options="permissive")
+    order = pc.sort_indices(scored.column("rid"))
+    scored = scored.take(order)
+    source = source.filter(pc.is_in(source.column("rid"), value_set=scored.column("rid")))
+    source = source.take(pc.sort_indices(source.column("rid")))
+    for name in source.column_names:
+        if name == partition_by:
+            continue  # in the folder names, typed by the reader
+        assert name in scored.column_names, f"input column {name!r} missing from the output"
+        assert _comparable(scored.column(name)) == _comparable(source.column(name)), (
+            f"column {name!r} ({source.schema.field(name).type}) changed: "
+            f"{scored.schema.field(name).type}\n{scored.column(name)}\nwas\n{source.column(name)}"
+        )
+
+
 def fuzz_run(model: Path, files: list[FileSpec], options: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
         root = Path(tmp) / "in"
@@ -540,7 +580,7 @@ def fuzz_run(model: Path, files: list[FileSpec], options: dict) -> None:
             args += ["--partition-by", options["partition_by"]]
         note(f"batch-infer run {' '.join(args)}")
         for f in files:
-                note(
+            note(
                 f"{f.relative} ({f.row_group_size}-row groups, empty group first: "
                 f"{f.empty_group_first}, last: {f.empty_group_last}):\n{f.table}"
             )
@@ -549,14 +589,21 @@ def fuzz_run(model: Path, files: list[FileSpec], options: dict) -> None:
             assert result.exit_code in ALLOWED_EXITS, describe(result)
             if result.exit_code == 0:
                 check_success(result, output, sum(f.table.num_rows for f in files))
+                if len(files) == 1:
+                    check_columns_unchanged(
+                        output, root / files[0].relative, options["partition_by"]
+                    )
             else:
                 check_failure(result, output)
-        except AssertionError:
+        except AssertionError as failure:
             if KEEP:
                 kept = Path(tempfile.mkdtemp(prefix="case-", dir=KEEP))
                 shutil.copytree(root, kept / "in")
-                (kept / "command").write_text(" ".join(args).replace(str(root), str(kept / "in")))
-                (kept / "result").write_text(describe(result))
+                shutil.copy(model, kept / model.name)
+                command = " ".join(args).replace(str(root), str(kept / "in"))
+                command = command.replace(str(model), str(kept / model.name))
+                (kept / "command").write_text(command.replace(str(output), str(kept / "out")))
+                (kept / "result").write_text(f"{failure}\n{describe(result)}")
                 if os.environ.get("FUZZ_CONTINUE") == "1":
                     return
             raise
