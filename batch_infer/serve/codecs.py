@@ -104,7 +104,25 @@ def _column(tensor: InferInput, spec: FeatureSpec) -> pa.Array:
             f"input {tensor.name!r} is {datatype}, but the model {problem} — send it as "
             f"{input_datatype(spec)}"
         )
+    _check_integer_categories(tensor.name, column, spec)
     return column
+
+
+def _check_integer_categories(name: str, column: pa.Array, spec: FeatureSpec) -> None:
+    """A fractional number for a feature whose categories are integers is no category: refused
+    here, naming it (the scoring core cannot compare it with the categories)."""
+    if not (spec.kind == "categorical" and spec.categories and pa.types.is_floating(column.type)):
+        return
+    if not all(isinstance(c, int | np.integer) for c in spec.categories):
+        return
+    values = column.to_numpy(zero_copy_only=False)
+    odd = values[np.isfinite(values) & (values != np.round(values))]
+    if len(odd):
+        shown = ", ".join(map(str, spec.categories[:8]))
+        raise ServeError(
+            f"input {name!r} holds {odd[0].item()!r}, but feature {spec.name!r} takes the integer "
+            f"categories {shown}{', …' if len(spec.categories) > 8 else ''} — send one of them"
+        )
 
 
 def _from_matrix(tensor: InferInput, contract: Contract) -> pa.RecordBatch:
@@ -143,6 +161,7 @@ def _from_matrix(tensor: InferInput, contract: Contract) -> pa.RecordBatch:
                 f"but the model {problem} — send that feature as {input_datatype(spec)} in its "
                 'own input, with parameters.content_type "pd"'
             )
+        _check_integer_categories(tensor.name, column, spec)
         columns.append(column)
     if shape[0] == 0:
         raise ServeError("the request has no rows — send at least one row")
