@@ -84,9 +84,7 @@ def assert_same_rows(got: pa.Table, want: pa.Table) -> None:
     assert got.num_rows == want.num_rows
     for name in COMPARED:
         if name == "probability":
-            np.testing.assert_array_equal(
-                got.column(name).to_numpy(), want.column(name).to_numpy()
-            )
+            np.testing.assert_array_equal(got.column(name).to_numpy(), want.column(name).to_numpy())
         else:
             assert got.column(name).to_pylist() == want.column(name).to_pylist(), name
 

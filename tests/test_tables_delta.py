@@ -15,6 +15,7 @@ deltalake = pytest.importorskip("deltalake")
 
 from .conftest import churn_table, write_parquet  # noqa: E402
 from .tables_helpers import (  # noqa: E402
+    BUCKET,  # noqa: E402
     assert_same_rows,
     cli,
     command,
@@ -22,9 +23,10 @@ from .tables_helpers import (  # noqa: E402
     files_under,
     folder_reference,
 )
-from .tables_helpers import BUCKET, moto_s3  # noqa: E402,F401  (a fixture)
+from .tables_helpers import moto_s3 as _moto_s3  # noqa: E402
 
 RUN_KEY = "batch-infer.run-key"
+moto_s3 = _moto_s3  # the fixture (S3 on moto in its own process), for this module
 
 
 def _runs(uri: str, **options) -> list[tuple[int, str, str]]:
@@ -36,7 +38,9 @@ def _runs(uri: str, **options) -> list[tuple[int, str, str]]:
 
 
 def _named_files(uri: str) -> set[str]:
-    return set(pa.table(deltalake.DeltaTable(uri).get_add_actions(flatten=True)).column("path").to_pylist())
+    return set(
+        pa.table(deltalake.DeltaTable(uri).get_add_actions(flatten=True)).column("path").to_pylist()
+    )
 
 
 @pytest.fixture
@@ -236,13 +240,17 @@ def test_check_refuses_before_scoring_when_given_the_output_schema(tmp_path):
     )
     assert raised.value.exit_code == 5
     narrower = pa.schema([("id", pa.int32()), ("score", pa.string())])
-    by_id = open_delta(f"delta:{table}", {}, "0123456789abcdef", schema=narrower, partition_by=["id"])
+    by_id = open_delta(
+        f"delta:{table}", {}, "0123456789abcdef", schema=narrower, partition_by=["id"]
+    )
     with pytest.raises(OutputConflictError, match=r"partitioned by nothing, the run by \['id'\]"):
         by_id.check("error", set())
     fits = open_delta(f"delta:{table}", {}, "0123456789abcdef", schema=narrower, partition_by=[])
     fits.check("error", set())  # int32 widens to the table's long
     unsigned = pa.schema([("id", pa.uint64()), ("score", pa.string())])
-    too_wide = open_delta(f"delta:{table}", {}, "0123456789abcdef", schema=unsigned, partition_by=[])
+    too_wide = open_delta(
+        f"delta:{table}", {}, "0123456789abcdef", schema=unsigned, partition_by=[]
+    )
     with pytest.raises(OutputConflictError, match="uint64, which a Delta table cannot hold"):
         too_wide.check("error", set())
     assert deltalake.DeltaTable(str(table)).version() == 0
@@ -253,7 +261,9 @@ def test_check_refuses_before_scoring_when_given_the_output_schema(tmp_path):
     ("module", "output", "extra"),
     [("deltalake", "delta:scores", "delta"), ("pyiceberg", "iceberg:db.scores", "iceberg")],
 )
-def test_a_missing_extra_is_a_config_error_naming_it(tmp_path, churn_input, model, module, output, extra):
+def test_a_missing_extra_is_a_config_error_naming_it(
+    tmp_path, churn_input, model, module, output, extra
+):
     """The real CLI in a Python where the package cannot be imported (``sys.modules[name] =
     None``, as if not installed): exit 2, saying which extra to install."""
     import subprocess

@@ -17,6 +17,7 @@ from pyiceberg.catalog.sql import SqlCatalog  # noqa: E402
 
 from .conftest import churn_table, write_parquet  # noqa: E402
 from .tables_helpers import (  # noqa: E402
+    BUCKET,  # noqa: E402
     assert_same_rows,
     cli,
     command,
@@ -24,9 +25,10 @@ from .tables_helpers import (  # noqa: E402
     files_under,
     folder_reference,
 )
-from .tables_helpers import BUCKET, moto_s3  # noqa: E402,F401  (a fixture)
+from .tables_helpers import moto_s3 as _moto_s3  # noqa: E402
 
 RUN_KEY = "batch-infer.run-key"
+moto_s3 = _moto_s3  # the fixture (S3 on moto in its own process), for this module
 TABLE = "iceberg:db.scores"
 
 
@@ -58,7 +60,12 @@ def _runs(workdir: Path) -> list[tuple[int, str, str, str]]:
     """(snapshot id, operation, run key, run id) of each snapshot, oldest first."""
     table = _catalog(workdir).load_table("db.scores")
     return [
-        (s.snapshot_id, s.summary.operation.value, s.summary[RUN_KEY], s.summary["batch-infer.run-id"])
+        (
+            s.snapshot_id,
+            s.summary.operation.value,
+            s.summary[RUN_KEY],
+            s.summary["batch-infer.run-id"],
+        )
         for s in sorted(table.snapshots(), key=lambda s: s.sequence_number)
     ]
 
@@ -76,7 +83,10 @@ def _data(workdir: Path) -> Path:
 def _named_files(workdir: Path) -> set[str]:
     table = _catalog(workdir).load_table("db.scores")
     root = str(_data(workdir)) + "/"
-    return {t.file.file_path.removeprefix("file://").removeprefix(root) for t in table.scan().plan_files()}
+    return {
+        t.file.file_path.removeprefix("file://").removeprefix(root)
+        for t in table.scan().plan_files()
+    }
 
 
 def test_run_into_a_new_iceberg_table_gives_the_folder_rows_in_one_snapshot(
@@ -241,9 +251,7 @@ def test_configured_catalog_with_its_warehouse_on_s3(
     named = {t.file.file_path for t in table.scan().plan_files()}
     s3.invalidate_cache()
     stored = {
-        f"s3://{p}"
-        for p in s3.find(f"{BUCKET}/warehouse/db/scores/data")
-        if p.endswith(".parquet")
+        f"s3://{p}" for p in s3.find(f"{BUCKET}/warehouse/db/scores/data") if p.endswith(".parquet")
     }
     assert stored == named  # the killed attempt's unrecorded files are gone
     assert not s3.find(f"{BUCKET}/warehouse/db/scores/_batch_infer/_staging")

@@ -82,8 +82,10 @@ def delta_storage_options(url: str, storage_options: dict[str, Any]) -> dict[str
                 options[key] = str(value)
     if storage_options.get("anon"):
         options["AWS_SKIP_SIGNATURE"] = "true"
-    endpoint = options.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or (
-        os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = (
+        options.get("AWS_ENDPOINT_URL")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or (os.environ.get("AWS_ENDPOINT_URL"))
     )
     if endpoint:
         options.setdefault("AWS_ENDPOINT_URL", endpoint)
@@ -172,7 +174,13 @@ class DeltaTarget(TableTarget):
                         f"column {f.name!r} is uint64, which a Delta table cannot hold",
                         "cast it to int64 (or decimal) upstream",
                     )
-                t = pa.int64() if t.bit_width == 32 else pa.int32() if t.bit_width == 16 else pa.int16()
+                t = (
+                    pa.int64()
+                    if t.bit_width == 32
+                    else pa.int32()
+                    if t.bit_width == 16
+                    else pa.int16()
+                )
             elif pa.types.is_timestamp(t) and t.unit != "us":
                 t = pa.timestamp("us", t.tz and "UTC")
             elif pa.types.is_timestamp(t) and t.tz not in (None, "UTC"):

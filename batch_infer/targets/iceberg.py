@@ -245,9 +245,7 @@ class IcebergTarget(TableTarget):
         table = self._table()
         if table is None:
             return None
-        for snapshot in sorted(
-            table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True
-        ):
+        for snapshot in sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True):
             summary = snapshot.summary
             if summary is not None and summary.get(RUN_KEY) == key:
                 return Committed(
@@ -327,7 +325,9 @@ class IcebergTarget(TableTarget):
             with producer as snapshot:
                 for data_file in replaced:
                     snapshot.delete_data_file(data_file)
-                for data_file in _parquet_files_to_data_files(tx.table_metadata, paths, tx._table.io):
+                for data_file in _parquet_files_to_data_files(
+                    tx.table_metadata, paths, tx._table.io
+                ):
                     snapshot.append_data_file(data_file)
             tx.commit_transaction()
         except (CommitFailedException, TableAlreadyExistsError) as exc:
@@ -353,7 +353,9 @@ class IcebergTarget(TableTarget):
             for combo in combos:
                 term = None
                 for name, text in zip(partition_by, combo, strict=True):
-                    test = IsNull(name) if text is None else EqualTo(name, _typed(text, types[name]))
+                    test = (
+                        IsNull(name) if text is None else EqualTo(name, _typed(text, types[name]))
+                    )
                     term = test if term is None else And(term, test)
                 row_filter = term if row_filter is None else Or(row_filter, term)
             if row_filter is None:

@@ -182,7 +182,11 @@ def write_partitioned(
         rows = rows.select(file_columns)
         for i, start in enumerate(range(0, rows.num_rows, config.max_rows_per_file)):
             chunk = rows.slice(start, config.max_rows_per_file)
-            relative = posixpath.join(folder, f"{prefix}-{i}.parquet") if folder else f"{prefix}-{i}.parquet"
+            relative = (
+                posixpath.join(folder, f"{prefix}-{i}.parquet")
+                if folder
+                else f"{prefix}-{i}.parquet"
+            )
             path = storage.join(base, relative)
             if storage.is_local(fs):
                 fs.makedirs(posixpath.dirname(path), exist_ok=True)
@@ -313,9 +317,7 @@ class TableTarget(FolderTarget):
                     f"{self.url}",
                     "cast it upstream, or write to another table",
                 )
-        missing = [
-            f.name for f in table_schema if f.name not in schema.names and not f.nullable
-        ]
+        missing = [f.name for f in table_schema if f.name not in schema.names and not f.nullable]
         if missing:
             raise OutputConflictError(
                 f"{self.url} requires column {missing[0]!r} ({table_schema.field(missing[0]).type}), "
@@ -435,9 +437,7 @@ class TableTarget(FolderTarget):
             return None
         try:
             if committed.manifest:
-                manifest = json.loads(
-                    self.fs.cat_file(storage.join(self.root, committed.manifest))
-                )
+                manifest = json.loads(self.fs.cat_file(storage.join(self.root, committed.manifest)))
                 return {**manifest, "table_commit": committed.version}
         except (OSError, ValueError):
             pass
@@ -512,7 +512,9 @@ class TableTarget(FolderTarget):
             MODE_KEY: intent["mode"],
         }
         failpoints.reached("before-success")  # staged and planned; the table is unchanged
-        version = self._commit_with_retries(files, schema, intent["partition_by"], intent["mode"], properties)
+        version = self._commit_with_retries(
+            files, schema, intent["partition_by"], intent["mode"], properties
+        )
         log.info("committed run %s to %s as %s", run_id, self.url, version)
         failpoints.reached("after-success")  # committed; the run's records not yet cleaned
         self.finish_cleanup(intent)
@@ -553,7 +555,11 @@ class TableTarget(FolderTarget):
     def _place_rejects(self, paths: list[str]) -> None:
         """Move staged rejects to ``<rejects>/<run key>/...`` (skipping those already moved)."""
         staged = set(self._staged_files())
-        moves = [(self.staged_path(p), self.final_path(p)) for p in paths if self.staged_path(p) in staged]
+        moves = [
+            (self.staged_path(p), self.final_path(p))
+            for p in paths
+            if self.staged_path(p) in staged
+        ]
         self._move(moves)
 
     def final_path(self, relative: str) -> str:
