@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from ..config import ServeConfig
 from ..errors import BatchInferError, InputError, explain
-from ..model import LoadedModel, OutputPlan
+from ..model import LoadedModel, OutputPlan, load_model
 from ..model.outputs import OutputColumn
 from ..redaction import redact_text
 from ..scoring import ScoringSpec, score_batch
@@ -101,8 +101,6 @@ class DataPlane:
     @classmethod
     def load(cls, config: ServeConfig, metrics: ServeMetrics | None = None) -> DataPlane:
         """Load the model as `run` does (pins, trusted types, contract, outputs)."""
-        from ..model import load_model
-
         model = load_model(config.model, config.columns, config.methods)
         return cls(model, config, metrics)
 

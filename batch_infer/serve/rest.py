@@ -3,8 +3,9 @@ the clients of seed-style apps call (``/predict``, ``/batch_predict``, ``/health
 
 Only translation lives here: JSON (and Triton's binary tensor layout) to and from the data
 plane. Bodies are parsed with orjson, not pydantic, on the hot path; the pydantic models below
-are the generic shape of the documents, which ``openapi.describe_model`` specialises to the
-served model (its features, outputs, name and version) for ``/openapi.json`` and ``/docs``.
+only give the responses' generic shape to the document, which ``openapi.describe_model``
+specialises to the served model (its features, outputs, name and version, request bodies and
+examples) for ``/openapi.json`` and ``/docs``.
 """
 
 from __future__ import annotations
@@ -34,28 +35,8 @@ HEADER_LENGTH = "inference-header-content-length"
 
 
 # ---------------------------------------------------------------- documents, for /docs only
-
-
-class RequestInput(BaseModel):
-    name: str = Field(description="A feature's name, or any name for one [N, n_features] tensor.")
-    shape: list[int] = Field(description="[N] or [N, 1] per feature; [N, n_features] for a tensor.")
-    datatype: str = Field(description="BOOL, INT8..INT64, UINT8..UINT64, FP16, FP32, FP64, BYTES.")
-    data: list[Any] = Field(description="The values in row order (nested lists are flattened).")
-    parameters: dict[str, Any] | None = None
-
-
-class RequestOutput(BaseModel):
-    name: str = Field(description="An output of the model, e.g. prediction or probability.")
-    parameters: dict[str, Any] | None = None
-
-
-class InferenceRequest(BaseModel):
-    """An OIP inference request; ``parameters.content_type = "pd"``: one input per feature."""
-
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[RequestInput]
-    outputs: list[RequestOutput] | None = Field(None, description="Default: every output.")
+# The responses' generic shapes; the request bodies (and PredictResponse, BatchPredictResponse)
+# are the served model's own, written by openapi.describe_model.
 
 
 class ResponseOutput(BaseModel):
@@ -78,20 +59,12 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="What is wrong, naming the input, and what to do.")
 
 
-class PredictRequest(BaseModel):
-    features: dict[str, Any] = Field(description="One row: feature name -> value.")
-
-
 class PredictResponse(BaseModel):
     prediction: Any = Field(description="The label (classifiers) or the value (regressors).")
     probability: list[float] | None = Field(
         None, description="Classifiers: the whole predict_proba row, in the order of classes_."
     )
     model_version: str
-
-
-class BatchPredictRequest(BaseModel):
-    instances: list[dict[str, Any]] = Field(description="Rows: feature name -> value.")
 
 
 class BatchPredictResponse(BaseModel):
@@ -111,11 +84,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     500: {"model": ErrorResponse, "description": "The model failed: the server's fault."},
     503: {"model": ErrorResponse, "description": "Not ready (loading or shutting down)."},
 }
-
-
-def _body(model: type[BaseModel]) -> dict[str, Any]:
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
 
 
 # ---------------------------------------------------------------- the app
@@ -222,7 +190,6 @@ def create_app(dataplane: DataPlane, access_log: bool = False) -> FastAPI:
         "tags": ["inference"],
         "response_model": InferenceResponse,
         "responses": ERRORS,
-        "openapi_extra": _body(InferenceRequest),
     }
 
     @app.post("/v2/models/{name}/infer", **infer_docs)
@@ -242,7 +209,6 @@ def create_app(dataplane: DataPlane, access_log: bool = False) -> FastAPI:
         tags=["simple"],
         response_model=PredictResponse,
         responses=ERRORS,
-        openapi_extra=_body(PredictRequest),
     )
     async def predict(request: Request) -> Response:
         """One row in, its prediction (and whole probability row) out.
@@ -266,7 +232,6 @@ def create_app(dataplane: DataPlane, access_log: bool = False) -> FastAPI:
         tags=["simple"],
         response_model=BatchPredictResponse,
         responses=ERRORS,
-        openapi_extra=_body(BatchPredictRequest),
     )
     async def batch_predict(request: Request) -> Response:
         """Rows in, their predictions (and whole probability rows) out, in order."""
