@@ -272,9 +272,10 @@ class OutputLock:
     def check(self) -> None:
         """Raise LockedError (exit 75) unless the lock is still ours, asking the store now."""
         if not self._lost.is_set():
-            seen = self.store.read(self.path)
-            if seen is None or seen.token != self.token:
-                self._lose(seen.holder if seen else None)
+            with self._changing:  # not while a heartbeat's write is between store and token
+                seen = self.store.read(self.path)
+                if seen is None or seen.token != self.token:
+                    self._lose(seen.holder if seen else None)
         if self._lost.is_set():
             holder = self._taken_by or {}
             taker = (
