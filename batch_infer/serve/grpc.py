@@ -220,7 +220,43 @@ def model_metadata(metadata: dict) -> pb.ModelMetadataResponse:
 # --- the services ---------------------------------------------------------------------------
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class _Calls:
+    """What every service's method does around its work: errors to status codes, metrics."""
+
+    dataplane: DataPlane
+
+    async def _answer(
+        self, context: Any, endpoint: str, model: str | None, work: Callable[[], Any]
+    ) -> Any:
+        """Run one call; a ServeError becomes its status code with its one-line message, any
+        other failure INTERNAL with one line (the traceback goes to the server's log only).
+        Calls about a model are counted in the metrics, as REST counts them (probes are not)."""
+        started = time.perf_counter()
+        try:
+            answer = work()
+            if isinstance(answer, Awaitable):
+                answer = await answer
+        except ServeError as exc:
+            status, message = exc.status, exc.message
+        except Exception:
+            log.exception("gRPC %s failed", endpoint)  # masked by redaction's log filter
+            status, message = 500, internal_failure(endpoint).message
+        else:
+            self._record(endpoint, model, started, None)
+            return answer
+        self._record(endpoint, model, started, status)
+        await context.abort(
+            STATUS_CODES.get(status, grpc.StatusCode.INTERNAL), redact_text(message)
+        )
+
+    def _record(self, endpoint: str, model: str | None, started: float, status: int | None) -> None:
+        if model is not None:
+            seconds = time.perf_counter() - started
+            label = self.dataplane.metric_model(model)
+            self.dataplane.metrics.observe("grpc", endpoint, label, seconds, status)
+
+
+class InferenceServicer(_Calls, pb_grpc.GRPCInferenceServiceServicer):
     """The six methods of the protocol, each a call into the data plane."""
 
     def __init__(self, dataplane: DataPlane) -> None:
@@ -277,44 +313,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._answer(context, "infer", request.model_name, infer)
 
-    async def _answer(
-        self, context: Any, endpoint: str, model: str | None, work: Callable[[], Any]
-    ) -> Any:
-        """Run one call; a ServeError becomes its status code with its one-line message, any
-        other failure INTERNAL with one line (the traceback goes to the server's log only).
-        Calls about a model are counted in the metrics, as REST counts them (probes are not)."""
-        started = time.perf_counter()
-        try:
-            answer = work()
-            if isinstance(answer, Awaitable):
-                answer = await answer
-        except ServeError as exc:
-            status, message = exc.status, exc.message
-        except Exception:
-            log.exception("gRPC %s failed", endpoint)  # masked by redaction's log filter
-            status, message = 500, internal_failure(endpoint).message
-        else:
-            self._record(endpoint, model, started, None)
-            return answer
-        self._record(endpoint, model, started, status)
-        await context.abort(
-            STATUS_CODES.get(status, grpc.StatusCode.INTERNAL), redact_text(message)
-        )
 
-    def _record(self, endpoint: str, model: str | None, started: float, status: int | None) -> None:
-        if model is not None:
-            seconds = time.perf_counter() - started
-            label = self.dataplane.metric_model(model)
-            self.dataplane.metrics.observe("grpc", endpoint, label, seconds, status)
-
-
-class PredictionServicer(seed_pb_grpc.PredictionServiceServicer):
+class PredictionServicer(_Calls, seed_pb_grpc.PredictionServiceServicer):
     """The seed apps' ``prediction.PredictionService``: positional features in, labels and
     probabilities out, from the same data plane (and the same scores) as the OIP service."""
 
-    def __init__(self, dataplane: DataPlane, answer: Callable[..., Awaitable[Any]]) -> None:
+    def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
-        self._answer = answer
 
     async def Predict(self, request: seed_pb.PredictRequest, context: Any) -> Any:
         async def predict() -> seed_pb.PredictResponse:
@@ -393,11 +398,8 @@ async def start_grpc(
     """
     options = [*MESSAGE_OPTIONS, ("grpc.so_reuseport", int(reuse_port))]
     server = grpc.aio.server(options=options)
-    inference = InferenceServicer(dataplane)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
-    seed_pb_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(dataplane, inference._answer), server
-    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    seed_pb_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(dataplane), server)
     health_servicer = health.aio.HealthServicer()
     services = ["", SERVICE_NAME, SEED_SERVICE_NAME, dataplane.name]
     for service in services:
