@@ -42,6 +42,8 @@ _SECRET_NAME = re.compile(
 )
 # scheme://user:password@host or scheme://token@host: the userinfo part
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+# user:password@host with the scheme already stripped (as a library may echo a path)
+_BARE_USERINFO = re.compile(r"(?<![\w/:@])(?P<userinfo>[^\s/@:'\"]+:[^\s/@'\"]+)@(?=[\w.\-])")
 # ?name=value pairs whose name is secret-looking, in free text
 _QUERY_SECRET = re.compile(r"(?P<name>[?&;][A-Za-z0-9_.\-]+)=(?P<value>[^&\s'\"#]+)")
 _MIN_SECRET = 4  # shorter values ("s3", "yes") would mask ordinary words
@@ -130,6 +132,7 @@ def redact_text(text: str) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    text = _BARE_USERINFO.sub(f"{MASK}@", text)
     return _QUERY_SECRET.sub(
         lambda m: f"{m.group('name')}={MASK}" if is_secret_name(m.group("name")[1:]) else m[0],
         text,

@@ -52,6 +52,12 @@ def flag_overrides(
     }
 
 
+def remember_paths(*paths: str | None) -> None:
+    """Paths given on the command line may carry credentials: mask them in whatever we print."""
+    redaction.remember_config({"paths": [p for p in paths if p]})
+    redaction.install()
+
+
 def load(config_file: Path | None, overrides: dict[str, Any]) -> Any:
     from ..config import load_config  # pydantic: only once a command runs, --help stays instant
 

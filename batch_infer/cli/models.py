@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .common import exit_codes, setup_logging
+from .common import exit_codes, remember_paths, setup_logging
 from .options import (
     ContractOpt,
     FeaturesOpt,
@@ -34,6 +34,7 @@ def inspect(
     Example: batch-infer inspect sample_data/models/pipeline.joblib
     """
     setup_logging(False, verbose)
+    remember_paths(path, scaler, contract)
     with exit_codes(verbose):
         from ..inspection import describe
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import exit_codes, setup_logging
+from .common import exit_codes, remember_paths, setup_logging
 from .options import (
     VerboseOpt,
 )
@@ -22,6 +22,7 @@ def report(
     Example: batch-infer report output/scores/2026-01-31 --html report.html
     """
     setup_logging(False, verbose)
+    remember_paths(output, html)
     with exit_codes(verbose):
         from ..observe.publish import report_of_output
 
