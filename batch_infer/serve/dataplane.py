@@ -97,6 +97,7 @@ class DataPlane:
         self._warmed = False  # the warm-up call was made (whatever its outcome)
         self._ready = False  # ... and it succeeded
         self._stopping = False
+        self._failures_seen: set[tuple[str, str]] = set()  # failures whose traceback was logged
 
     @classmethod
     def load(cls, config: ServeConfig, metrics: ServeMetrics | None = None) -> DataPlane:
@@ -300,13 +301,20 @@ class DataPlane:
         return self._split(result, [batch.num_rows for batch in batches])
 
     def _model_failed(self, exc: BaseException) -> ServeError:
-        """The model failed as a whole: the details to the log (masked), a 500 to the client."""
+        """The model failed as a whole: the details to the log (masked), a 500 to the client.
+
+        The traceback is logged the first time each kind of failure happens; after that one line
+        per failed request, so a model that fails every request does not flood the log."""
+        kind = (type(exc).__qualname__, _describe(exc))
+        first = kind not in self._failures_seen
+        if first and len(self._failures_seen) < 100:
+            self._failures_seen.add(kind)
         log.error(
             "model %r version %s failed to score a request: %s",
             self.name,
             self.version,
-            _describe(exc),
-            exc_info=exc,
+            kind[1],
+            exc_info=exc if first else None,
         )
         return model_failure(self.name)
 
