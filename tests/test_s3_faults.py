@@ -353,7 +353,7 @@ def test_credentials_expiring_while_reading_keep_the_staged_work(
         status=403,
         code="ExpiredToken",
         message="The provided token has expired.",
-        match=_is("GET", "/input/day=2/"),
+        match=_is("GET", "/input/", "b.parquet"),
         after=_is("PUT", "/_staging/", "_done"),
     )
 
