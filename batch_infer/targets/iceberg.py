@@ -14,6 +14,7 @@ the output's schema and identity partitions on the run's partition columns.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CATALOG = "default"
 DEFAULT_WAREHOUSE = "warehouse"
 NAME_MAPPING = "schema.name-mapping.default"
+_CATALOGS: dict[str, Any] = {}  # loaded catalogs of this process, by their settings
 
 
 def _pyiceberg() -> Any:
@@ -72,15 +74,25 @@ def _file_io_properties(storage_options: dict[str, Any]) -> dict[str, str]:
     return properties
 
 
-def load_catalog(name: str, warehouse: str, storage_options: dict[str, Any]) -> Any:
-    """The pyiceberg catalog ``name`` as configured, else the embedded SQLite one."""
+def load_catalog(
+    name: str,
+    warehouse: str,
+    storage_options: dict[str, Any],
+    properties: dict[str, Any] | None = None,
+) -> Any:
+    """The pyiceberg catalog ``name`` as configured (``properties`` win over pyiceberg's own
+    configuration of it), else the embedded SQLite one."""
     _pyiceberg()
     from pyiceberg.catalog import load_catalog as load  # the [iceberg] extra
     from pyiceberg.utils.config import Config
 
-    io = _file_io_properties(storage_options)
+    io = {
+        **_file_io_properties(storage_options),
+        **{k: str(v) for k, v in (properties or {}).items()},
+    }
     try:
-        if Config().get_catalog_config(name) is not None:
+        configured = Config().get_catalog_config(name) is not None
+        if configured or "uri" in io or "type" in io:
             return load(name, **io)
         if "://" in warehouse and not warehouse.startswith("file://"):
             raise ConfigError(
@@ -115,6 +127,7 @@ def open_iceberg(
     *,
     catalog: str = DEFAULT_CATALOG,
     warehouse: str = DEFAULT_WAREHOUSE,
+    properties: dict[str, Any] | None = None,
     schema: pa.Schema | None = None,
     partition_by: list[str] | None = None,
 ) -> IcebergTarget:
@@ -126,7 +139,7 @@ def open_iceberg(
         raise ConfigError(
             f"--output {url} does not name NAMESPACE.TABLE", "write --output iceberg:db.scores"
         )
-    loaded = load_catalog(catalog, warehouse, storage_options)
+    loaded = load_catalog(catalog, warehouse, storage_options, properties)
     location = _location(loaded, namespace, name)
     fs, root = storage.resolve(location, storage_options)
     root = root.rstrip("/")
@@ -154,6 +167,7 @@ def open_iceberg(
         catalog_name=catalog,
         warehouse=warehouse,
         storage_options=storage_options,
+        catalog_properties=properties,
     )
 
 
@@ -186,12 +200,27 @@ class IcebergTarget(TableTarget):
     catalog_name: str = DEFAULT_CATALOG
     warehouse: str = DEFAULT_WAREHOUSE
     storage_options: dict[str, Any] | None = None
+    catalog_properties: dict[str, Any] | None = None
 
     kind = "iceberg"
     keep_partition_columns = True  # add_files reads partition values from the files
 
     def _catalog(self) -> Any:
-        return load_catalog(self.catalog_name, self.warehouse, self.storage_options or {})
+        """The catalog, loaded once per process (a SQL catalog opens an engine each time);
+        kept out of the target itself, which is pickled to Dask workers."""
+        key = json.dumps(
+            [self.catalog_name, self.warehouse, self.storage_options, self.catalog_properties],
+            sort_keys=True,
+            default=str,
+        )
+        if key not in _CATALOGS:
+            _CATALOGS[key] = self._load_catalog()
+        return _CATALOGS[key]
+
+    def _load_catalog(self) -> Any:
+        return load_catalog(
+            self.catalog_name, self.warehouse, self.storage_options or {}, self.catalog_properties
+        )
 
     def _table(self) -> Any | None:
         from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError  # the extra
