@@ -51,3 +51,11 @@ class FailsOnAge99(_Classifier):
         if (ages == 99).any():
             raise ModelError("the model's backend crashed", "restart it")
         return self._proba(X)
+
+
+class AlwaysRefuses(_Classifier):
+    """Raises ValueError, scikit-learn's "not these values", on any rows: the scoring core calls
+    that a failing model once every row of a batch of two or more is refused."""
+
+    def predict_proba(self, X):  # noqa: N803
+        raise ValueError("X has feature names, but this model was fitted without them")

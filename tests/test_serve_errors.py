@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from batch_infer.serve._proto import prediction_pb2, prediction_pb2_grpc
 
-from .serve_models import SECRET_VARIABLE, AlwaysFails, FailsOnAge99
+from .serve_models import SECRET_VARIABLE, AlwaysFails, AlwaysRefuses, FailsOnAge99
 from .test_serve_rest import FEATURES, ServeProcess, churn_rows, columns_request, tensor_request
 
 PLANTED = "pl4nted-st0rage-t0ken-9f3a"  # a storage option's value: never to be seen unmasked
@@ -98,6 +98,28 @@ def test_a_model_failing_its_warm_up_is_live_never_ready_and_answers_500(tmp_pat
     assert "model 'failing' version" in log and "is NOT READY: its warm-up call" in log
     assert "RuntimeError: feature store refused token ***" in log  # why, masked
     assert "failed to score a request" in log  # each failed request, for the operator
+
+
+def test_a_model_refusing_any_row_is_never_ready_and_its_batches_are_500(tmp_path):
+    running = ServeProcess(tmp_path, fitted(AlwaysRefuses, tmp_path, "refusing")).wait_live()
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            assert http.get("/v2/health/ready").status_code == 503
+            assert http.get("/health").json() == {"status": "unavailable", "model_loaded": False}
+            several = http.post("/v2/models/refusing/infer", json=tensor_request(churn_rows(3)))
+            assert several.status_code == 500
+            assert several.json() == {"error": failure("refusing")}
+            # one row alone is a row the model refuses: the request's, named, as the core says
+            one = http.post("/v2/models/refusing/infer", json=tensor_request(churn_rows(1)))
+            assert one.status_code == 400
+            assert one.json()["error"].startswith("row 0: X has feature names")
+    finally:
+        running.stop()
+    log = running.log.read_text()
+    assert (
+        "is NOT READY: its warm-up call on one made-up row failed: the model raised on the "
+        "made-up row: X has feature names, but this model was fitted without them"
+    ) in log
 
 
 def test_a_model_failing_on_some_batches_fails_only_those_requests(tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import ServeConfig
-from ..errors import BatchInferError, InputError, explain
+from ..errors import BatchInferError, InputError, ModelError, explain
 from ..model import LoadedModel, OutputPlan, load_model
 from ..model.outputs import OutputColumn
 from ..redaction import redact_text
@@ -110,12 +110,18 @@ class DataPlane:
     def warm(self) -> bool:
         """Score one made-up row so the first request pays no first-call costs.
 
-        Ready only when that call succeeds: a model that fails on it would fail every request,
-        so probes keep traffic away and the log says why. Requests that arrive anyway are still
+        Ready only when that call succeeds (the model neither fails nor refuses the row, which
+        the contract says it takes): a model that fails on it would fail every request, so
+        probes keep traffic away and the log says why. Requests that arrive anyway are still
         scored (a model may refuse the made-up row yet take real ones); a failure is their 500.
         """
         try:
-            score_batch(warm_up_batch(self.model.contract), self.model, self.spec)
+            warmed = score_batch(warm_up_batch(self.model.contract), self.model, self.spec)
+            if warmed.rejected is not None:  # the made-up row is valid: the model raised on it
+                raise ModelError(
+                    "the model raised on the made-up row: "
+                    + str(warmed.rejected.column("reject_message")[0])
+                )
         except Exception as exc:
             log.error(
                 "model %r version %s is NOT READY: its warm-up call on one made-up row failed: "
