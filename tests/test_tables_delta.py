@@ -86,6 +86,16 @@ def test_kill_while_scoring_leaves_no_table_then_the_rerun_commits_once(
     assert not deltalake.DeltaTable.is_deltatable(str(table))  # nothing committed
     staged = files_under(table)
     assert staged  # some fragments were written before the kill
+    # what a writer killed inside a file leaves: a torn file under this run's prefix, unrecorded
+    (key,) = [p.name for p in (table / "_batch_infer" / "_staging").iterdir()]
+    attempts = table / "_batch_infer" / "_staging" / key / "_attempts"
+    (attempts / "0badf11e").write_text("b-00000000-rg00009")  # noted before writing, as always
+    torn = table / "day=2" / f"part-{key}-0badf11e-b-00000000-rg00009-0.parquet"
+    torn.parent.mkdir(exist_ok=True)
+    torn.write_bytes(b"PAR1 torn")
+    # a file of the same run key from an attempt never noted here (say, a commit long ago)
+    kept = table / "day=1" / f"part-{key}-00000000-a-00000000-rg00000-0.parquet"
+    kept.write_bytes(b"PAR1 someone else's")
 
     rerun = cli(args)
     assert rerun.returncode == 0, rerun.stderr
@@ -96,7 +106,9 @@ def test_kill_while_scoring_leaves_no_table_then_the_rerun_commits_once(
         folder_reference(tmp_path, churn_input, model),
     )
     named = _named_files(str(table))
-    assert files_under(table) == named
+    assert files_under(table) - {kept.relative_to(table).as_posix()} == named
+    assert not torn.exists()  # removed by the rerun, never committed
+    assert kept.exists()  # only files of this run's own attempts are ever removed
     assert staged & named  # the complete files of the killed attempt were reused
 
 

@@ -36,6 +36,7 @@ from .base import OutputFile
 from .folder import (
     COMMIT_INTENT,
     REJECTS,
+    STAGING,
     FolderTarget,
     check_partition_values,
     is_reject_file,
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SIDE = "_batch_infer"  # the side folder inside the table: lock, run records, manifests
 MANIFESTS = "_manifests"
+ATTEMPTS = "_attempts"  # in a run's staging: a marker per fragment attempt (its file nonce)
 SCHEMA = "_schema.arrow"  # in a run's staging: the output schema its fragments were written with
 EMPTY = "_empty"  # stands for "no rows": a table commit adds no file for it
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -353,7 +355,13 @@ class TableTarget(FolderTarget):
         rewrites a file a commit may name."""
         file_schema = self.check_layout(schema, config.partition_by)
         self._remember_schema(schema)
-        prefix = f"{self.data_prefix()}{uuid.uuid4().hex[:8]}-{fragment_name}"
+        nonce = uuid.uuid4().hex[:8]
+        # noted before any file is written: only files of noted attempts are ever cleaned up,
+        # never those of a run committed earlier (older table versions may still read them)
+        storage.write_bytes_atomically(
+            self.fs, storage.join(self.staging, ATTEMPTS, nonce), fragment_name.encode()
+        )
+        prefix = f"{self.data_prefix()}{nonce}-{fragment_name}"
         return write_partitioned(
             self.fs,
             self.data_root,
@@ -384,15 +392,21 @@ class TableTarget(FolderTarget):
         self._checked["schema-written"] = True
 
     def _orphans(self, key: str, keep: set[str]) -> list[str]:
-        """Data files of run key ``key`` that neither ``keep`` nor the table names."""
+        """Data files the unfinished attempts of run key ``key`` wrote that neither ``keep``
+        nor the table's current version names."""
         fs, prefix = self.fs, self.data_prefix(key)
-        if not fs.isdir(self.data_root):
+        attempts_folder = storage.join(self.root, STAGING, key, ATTEMPTS)
+        if not fs.isdir(self.data_root) or not fs.isdir(attempts_folder):
             return []
+        attempts = {posixpath.basename(p.rstrip("/")) for p in fs.ls(attempts_folder, detail=False)}
         found = []
         for path in fs.find(self.data_root):
             relative = posixpath.relpath(path, self.data_root)
-            if posixpath.basename(relative).startswith(prefix) and not any(
-                part.startswith(("_", ".")) for part in relative.split("/")[:-1]
+            name = posixpath.basename(relative)
+            if (
+                name.startswith(prefix)
+                and name[len(prefix) :].split("-", 1)[0] in attempts
+                and not any(part.startswith(("_", ".")) for part in relative.split("/")[:-1])
             ):
                 found.append(relative)
         if not found:
