@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, note, settings
+from hypothesis import HealthCheck, Phase, assume, example, given, note, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -53,16 +53,19 @@ from .ci_rules import in_ci
 # - max_examples: FUZZ_EXAMPLES per model (default 25); raise it locally to hunt for bugs;
 # - deadline=None: a run's time varies with the machine's load, never a failure;
 # - derandomize under CI=true (the same examples on every CI run) and no example database there;
-#   locally examples are random and failures are replayed from .hypothesis/.
-# For bug hunting: FUZZ_SHRINK=0 skips shrinking (minutes on these inputs), and FUZZ_KEEP=DIR
+#   locally examples are random and failures are replayed from .hypothesis/;
+# - no shrinking under CI=true (shrinking these inputs takes minutes): the failing example is
+#   printed as drawn, and `CI=true pytest tests/test_fuzz_inputs.py` replays it exactly.
+# For bug hunting: FUZZ_SHRINK=0 skips shrinking (=1 forces it under CI), and FUZZ_KEEP=DIR
 # keeps the input files of every failing run there, to replay with `batch-infer run --verbose`;
 # with FUZZ_KEEP, FUZZ_CONTINUE=1 records failures there and goes on (one run finds many bugs);
 # FUZZ_EXCLUDE="string_view timestamp" leaves out column kinds whose names start so (known bugs).
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+SHRINK = os.environ.get("FUZZ_SHRINK", "0" if in_ci() else "1") != "0"
 KEEP = os.environ.get("FUZZ_KEEP")
 FUZZ = settings(
     max_examples=EXAMPLES,
-    phases=[p for p in Phase if p is not Phase.shrink or os.environ.get("FUZZ_SHRINK") != "0"],
+    phases=[p for p in Phase if p is not Phase.shrink or SHRINK],
     deadline=None,
     derandomize=in_ci(),
     database=None if in_ci() else settings.default.database,
@@ -542,6 +545,15 @@ def _comparable(column: pa.ChunkedArray | pa.Array) -> str:
     return column.to_string(window=10**6, container_window=10**6, skip_new_lines=True)
 
 
+def _takeable(table: pa.Table) -> pa.Table:
+    """View columns as plain strings and binaries: pyarrow has no take/filter for views."""
+    plain = {"string_view": pa.large_string(), "binary_view": pa.large_binary()}
+    for i, field in enumerate(table.schema):
+        if str(field.type) in plain:
+            table = table.set_column(i, field.name, table.column(i).cast(plain[str(field.type)]))
+    return table
+
+
 def check_columns_unchanged(output: Path, source_file: Path, partition_by: str | None) -> None:
     """One input file: every scored row's input columns come out with the values pyarrow reads
     from the file (what a writer's round trip changes, such as timestamp[s] stored as ms, is not
@@ -552,9 +564,9 @@ def check_columns_unchanged(output: Path, source_file: Path, partition_by: str |
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return
-    scored = pa.concat_tables(tables, promote_options="permissive")
-    order = pc.sort_indices(scored.column("rid"))
-    scored = scored.take(order)
+    scored = _takeable(pa.concat_tables(tables, promote_options="permissive"))
+    scored = scored.take(pc.sort_indices(scored.column("rid")))
+    source = _takeable(source)
     source = source.filter(pc.is_in(source.column("rid"), value_set=scored.column("rid")))
     source = source.take(pc.sort_indices(source.column("rid")))
     for name in source.column_names:
@@ -615,12 +627,38 @@ def fuzz_run(model: Path, files: list[FileSpec], options: dict) -> None:
             raise
 
 
+def _found(table: pa.Table, **options) -> tuple[list[FileSpec], dict]:
+    """An input the fuzz once found a bug with, replayed on every run (``@example``)."""
+    rid = pa.array(range(table.num_rows), pa.int64())
+    spec = FileSpec("part-0.parquet", table.append_column("rid", rid), 1000, False, False)
+    defaults = {"batch_size": None, "max_reject_rate": None, "partition_by": None}
+    return [spec], {**defaults, "spec": "folder", **options}
+
+
+FAR_FUTURE = pa.array([2**50, 0], pa.int64()).cast(pa.timestamp("ms", "UTC"))  # year 35,000
+FOUND = {
+    "numeric": [
+        # a rejected row whose other columns hold a date Python cannot represent: exit 1
+        _found(pa.table({"f0": [None, 1.0], "f1": [1.0, 2.0], "f2": [1.0, 2.0], "x": FAR_FUTURE})),
+        # --partition-by such a column: exit 1
+        _found(
+            pa.table({"f0": [0.5, 1.0], "f1": [1.0, 2.0], "f2": [1.0, 2.0], "x": FAR_FUTURE}),
+            partition_by="x",
+        ),
+    ],
+    "text": [
+        # a string_view column and a rejected row: exit 4, "the model failed"
+        _found(pa.table({"txt": pa.array(["good", None], pa.string_view())}), max_reject_rate=1.0),
+    ],
+}
+
+
 @pytest.mark.parametrize("contract", sorted(CONTRACTS))
 def test_random_parquet_commits_every_row_or_fails_cleanly(fuzz_models, contract):
-    @FUZZ
-    @given(drawn=inputs(CONTRACTS[contract]))
     def run(drawn):
         files, options = drawn
         fuzz_run(fuzz_models[contract], files, options)
 
-    run()
+    for found in FOUND.get(contract, []):
+        run = example(drawn=found)(run)
+    FUZZ(given(drawn=inputs(CONTRACTS[contract]))(run))()
