@@ -156,6 +156,13 @@ def test_same_run_again_fails_or_skips_and_other_dates_append(tmp_path, churn_in
     assert rows.height == 10_000
     dates = rows.group_by(pl.col("predicted_at").dt.date()).len().sort("predicted_at")
     assert dates["len"].to_list() == [5_000, 5_000]
+    # the next date's drift baseline: the manifest of the latest run into the table
+    from batch_infer.targets.delta import open_delta
+
+    baseline = open_delta(f"delta:{table}", {}, "ffffffffffffffff").previous_manifest()
+    assert baseline is not None
+    assert baseline["run_id"] == runs[1][2] and baseline["rows_out"] == 5_000
+    assert baseline["run_date"] == "2026-02-02" and baseline["table"] == str(table)
 
 
 def test_overwrite_replaces_only_the_partitions_the_run_writes(tmp_path, churn_input, model):

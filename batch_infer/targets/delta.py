@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,16 +199,26 @@ class DeltaTarget(TableTarget):
     def table_committed(self, key: str) -> Committed | None:
         table = self._table()
         if table is None or table.transaction_version(APP_PREFIX + key) is None:
-            return None
-        for entry in table.history():  # newest first
-            if entry.get(RUN_KEY) == key:
-                version = entry.get("version")
-                return Committed(
-                    run_id=str(entry.get(RUN_ID)),
-                    version=f"version {version}",
-                    manifest=entry.get(MANIFEST_KEY),
-                )
+            return None  # the snapshot's app transactions: one lookup, no history read
+        for run_key, committed in self.table_runs(table):
+            if run_key == key:
+                return committed
         return Committed(run_id="", version="an expired version")
+
+    def table_runs(self, table: Any | None = None) -> Iterator[tuple[str, Committed]]:
+        table = table or self._table()
+        if table is None:
+            return
+        for entry in table.history():  # newest first
+            if entry.get(RUN_KEY):
+                yield (
+                    str(entry[RUN_KEY]),
+                    Committed(
+                        run_id=str(entry.get(RUN_ID)),
+                        version=f"version {entry.get('version')}",
+                        manifest=entry.get(MANIFEST_KEY),
+                    ),
+                )
 
     def table_files(self) -> set[str]:
         table = self._table()

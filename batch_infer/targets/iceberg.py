@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,18 +272,26 @@ class IcebergTarget(TableTarget):
         return arrow, partitions
 
     def table_committed(self, key: str) -> Committed | None:
+        for run_key, committed in self.table_runs():
+            if run_key == key:
+                return committed
+        return None
+
+    def table_runs(self) -> Iterator[tuple[str, Committed]]:
         table = self._table()
         if table is None:
-            return None
+            return
         for snapshot in sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True):
             summary = snapshot.summary
-            if summary is not None and summary.get(RUN_KEY) == key:
-                return Committed(
-                    run_id=str(summary.get(RUN_ID)),
-                    version=f"snapshot {snapshot.snapshot_id}",
-                    manifest=summary.get(MANIFEST_KEY),
+            if summary is not None and summary.get(RUN_KEY):
+                yield (
+                    str(summary.get(RUN_KEY)),
+                    Committed(
+                        run_id=str(summary.get(RUN_ID)),
+                        version=f"snapshot {snapshot.snapshot_id}",
+                        manifest=summary.get(MANIFEST_KEY),
+                    ),
                 )
-        return None
 
     def _relative(self, path: str) -> str:
         bare = path.removeprefix("file://")

@@ -21,7 +21,7 @@ import posixpath
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,6 +236,10 @@ class TableTarget(FolderTarget):
 
     def table_files(self) -> set[str]:
         """Data files the table's current version names, relative to ``data_root``."""
+        raise NotImplementedError
+
+    def table_runs(self) -> Iterator[tuple[str, Committed]]:
+        """(run key, commit) of every batch-infer commit the table still knows, newest first."""
         raise NotImplementedError
 
     def table_commit(
@@ -456,6 +460,18 @@ class TableTarget(FolderTarget):
         except (OSError, ValueError):
             pass
         return {"run_id": committed.run_id, "table_commit": committed.version}
+
+    def previous_manifest(self) -> dict[str, Any] | None:
+        """The manifest of the latest commit of another run into the table (the drift baseline:
+        yesterday's run of a daily table), or None."""
+        for key, committed in self.table_runs():
+            if key == self.staging_key or not committed.manifest:
+                continue
+            try:
+                return json.loads(self.fs.cat_file(storage.join(self.root, committed.manifest)))
+            except (OSError, ValueError):
+                return None
+        return None
 
     def commit(
         self,
