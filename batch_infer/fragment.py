@@ -21,7 +21,7 @@ from .errors import BatchInferError, InputError, ModelError, first_line
 from .inputs import Fragment, read_fragment
 from .model import LoadedModel
 from .observe.statistics import RunStatistics
-from .scoring import RowOrigin, ScoringSpec, score_batch
+from .scoring import REJECT_FIELDS, RowOrigin, ScoringSpec, score_batch
 from .targets import OutputFile, Target, check_partition_values, is_reject_file
 
 
@@ -60,6 +60,9 @@ class StagedFragment:
     statistics: dict[str, Any] | None = None  # observe.statistics sketch of its rows
 
 
+REJECT_COLUMNS = [f.name for f in REJECT_FIELDS]  # where a rejected row came from, and why
+
+
 class RejectBudget:
     """Counts rejected rows across workers; raises once more are rejected than allowed.
 
@@ -85,15 +88,16 @@ class RejectBudget:
         if over:
             path = target.staged_path(file.path)
             with target.fs.open(path, "rb") as handle:
-                first = pq.ParquetFile(handle).read_row_group(0).slice(0, 1).to_pylist()[0]
-            self._refuse(first)
+                first = pq.ParquetFile(handle).read_row_group(0, columns=REJECT_COLUMNS)
+            self._refuse(first.slice(0, 1).to_pylist()[0])
 
     def add(self, rejected: pa.RecordBatch) -> None:
         with self._lock:
             self.count += rejected.num_rows
             over = self.count > self.allowed
         if over:
-            self._refuse(rejected.slice(0, 1).to_pylist()[0])
+            # only where and why: the row's own values may not convert (a year past 9999)
+            self._refuse(rejected.select(REJECT_COLUMNS).slice(0, 1).to_pylist()[0])
 
     def _refuse(self, first: dict[str, Any]) -> None:
         raise InputError(

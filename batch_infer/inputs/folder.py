@@ -255,7 +255,14 @@ def _unify(files: list[InputFile], partition_schema: pa.Schema) -> pa.Schema:
     for key in partition_schema:
         if key.name not in schema.names:
             schema = schema.append(key)
-    return schema
+    return _without_views(schema)
+
+
+def _without_views(schema: pa.Schema) -> pa.Schema:
+    """string_view/binary_view read as large_string/large_binary: same values, and Arrow's
+    take/filter kernels (rejects, partitioning) exist for them."""
+    plain = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+    return pa.schema([f.with_type(plain.get(f.type, f.type)) for f in schema])
 
 
 def _dictionary_mixed(schemas: list[pa.Schema]) -> set[str]:
@@ -377,8 +384,12 @@ def lossless(source: pa.DataType, target: pa.DataType) -> bool:
             else (len(str(2 ** (source.bit_width - pa.types.is_signed_integer(source)))), 0)
         )
         return target.scale >= scale and target.precision - target.scale >= digits
-    if (pa.types.is_string(source) and pa.types.is_large_string(target)) or (
-        pa.types.is_binary(source) and pa.types.is_large_binary(target)
+    if (pa.types.is_string(source) or pa.types.is_string_view(source)) and pa.types.is_large_string(
+        target
+    ):
+        return True
+    if (pa.types.is_binary(source) or pa.types.is_binary_view(source)) and pa.types.is_large_binary(
+        target
     ):
         return True
     if pa.types.is_timestamp(source) and pa.types.is_timestamp(target):

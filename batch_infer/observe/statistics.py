@@ -447,11 +447,20 @@ def _psi(current: np.ndarray, baseline: np.ndarray) -> float:
     return float(np.sum((current - baseline) * np.log(current / baseline)))
 
 
+def _as_text(column: pa.ChunkedArray) -> list[Any]:
+    """Partition values as Python values, or as Arrow's text where Python has no such value
+    (a timestamp past the year 9999)."""
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError):
+        return column.cast(pa.string()).to_pylist()
+
+
 def _partition_counts(batch: pa.RecordBatch, columns: list[str]) -> dict[str, int]:
     """Rows per partition, named like the hive folder (``day=1/region=north``)."""
     table = pa.Table.from_batches([batch.select(columns)])
     grouped = table.group_by(columns).aggregate([([], "count_all")])
-    keys = [grouped.column(c).to_pylist() for c in columns]
+    keys = [_as_text(grouped.column(c)) for c in columns]
     counts = grouped.column("count_all").to_pylist()
     return {
         "/".join(f"{c}={_label(v)}" for c, v in zip(columns, values, strict=True)): n
