@@ -186,7 +186,7 @@ def check_answer(kind: str, answer: dict, model, rows: pd.DataFrame) -> None:
     labels = model.predict(rows)
     positive = model.predict_proba(rows)[:, 1]
     if kind in ("ours-predict", "fastapi"):
-        got_labels, got_positive = [answer["prediction"]], [answer["probability"]]
+        got_labels, got_positive = [answer["prediction"]], [answer["probability"][1]]  # the row
     else:
         outputs = {output["name"]: output for output in answer["outputs"]}
         if kind == "mlserver":
