@@ -302,3 +302,50 @@ def test_a_missing_extra_is_a_config_error_naming_it(
     assert done.returncode == 2, done.stderr
     assert error_line(done).endswith(f"— pip install 'batch-infer[{extra}]'")
     assert not (tmp_path / "scores").exists() and not (tmp_path / "warehouse").exists()
+
+
+def test_commits_while_another_writer_appends_lose_nothing_and_land_once(
+    tmp_path, churn_input, model
+):
+    """Another writer commits to the table every few milliseconds while a run commits: the
+    run's commit is retried against each newer version (delta-rs itself does not retry it), so
+    both writers' rows are there, the run's exactly once."""
+    import threading
+
+    table = tmp_path / "scores"
+    first = cli(command(churn_input, f"delta:{table}", model))
+    assert first.returncode == 0, first.stderr
+    schema = pa.schema(deltalake.DeltaTable(str(table)).schema().to_arrow())
+    rows = deltalake.DeltaTable(str(table)).to_pyarrow_table().slice(0, 10)
+    foreign = rows.set_column(
+        rows.schema.get_field_index("day"), "day", pa.array([3] * 10, pa.int64())
+    ).cast(schema)
+    stop, appended = threading.Event(), []
+
+    def other_writer() -> None:
+        while not stop.is_set():
+            try:
+                deltalake.write_deltalake(str(table), foreign, mode="append", partition_by=["day"])
+                appended.append(1)
+            except Exception:  # noqa: BLE001  lost the race to our run: try again
+                pass
+            stop.wait(0.01)
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    try:
+        second = cli(command(churn_input, f"delta:{table}", model, run_date="2026-02-02"))
+    finally:
+        stop.set()
+        writer.join()
+    assert second.returncode == 0, second.stderr
+    assert len(appended) > 1
+    runs = _runs(str(table))
+    assert len(runs) == 2 and runs[0][1] != runs[1][1]
+    history = deltalake.DeltaTable(str(table)).history()
+    others = [e for e in history if e["operation"] == "WRITE" and RUN_KEY not in e]
+    assert len(others) >= len(appended)  # (a commit may land and still report an error)
+    result = pl.read_delta(str(table))
+    assert result.filter(pl.col("day") == 3).height == 10 * len(others)
+    ours = result.filter(pl.col("predicted_at").dt.date() == pl.date(2026, 2, 2), pl.col("day") < 3)
+    assert ours.height == 5_000 and ours["customer_id"].n_unique() == 5_000
