@@ -308,8 +308,8 @@ def test_commits_while_another_writer_appends_lose_nothing_and_land_once(
     tmp_path, churn_input, model
 ):
     """Another writer commits to the table every few milliseconds while a run commits: the
-    run's commit is retried against each newer version (delta-rs itself does not retry it), so
-    both writers' rows are there, the run's exactly once."""
+    run's commit is rebased on the newer versions (delta-rs, then batch-infer from a fresh
+    snapshot), so both writers' rows are there, the run's exactly once."""
     import threading
 
     table = tmp_path / "scores"

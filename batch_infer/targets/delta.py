@@ -42,6 +42,7 @@ from .table_staging import (
 log = logging.getLogger(__name__)
 
 APP_PREFIX = "batch-infer:"
+DELTA_COMMIT_RETRIES = 15  # delta-rs's own default
 
 
 def _deltalake() -> Any:
@@ -258,7 +259,9 @@ class DeltaTarget(TableTarget):
         commit = CommitProperties(
             custom_metadata=dict(properties),
             app_transactions=[Transaction(app_id=APP_PREFIX + properties[RUN_KEY], version=now)],
-            max_commit_retries=0,  # we retry ourselves, checking our run key each time
+            # delta-rs rebases the commit on newer versions (checking the conflicts, our app
+            # transaction included); what it still refuses, we retry from a fresh snapshot
+            max_commit_retries=DELTA_COMMIT_RETRIES,
         )
         delta_schema = deltalake.Schema.from_arrow(schema)
         table = self._table()
