@@ -16,8 +16,9 @@ POINTS = (
     "between-fragments",  # some fragments staged and recorded, others not started
     "mid-commit",  # some files moved to their final names, others still staged
     "before-manifest",  # every file in place, no manifest yet
-    "before-success",  # manifest written, _SUCCESS not yet
-    "after-success",  # committed; replaced files and staging not yet cleaned up
+    "before-success",  # manifest written, _SUCCESS not yet (tables: commit planned, table unchanged)
+    "after-success",  # committed; replaced files and staging not yet cleaned up (tables: the
+    # table commit made, the run's records not yet cleaned)
 )
 
 

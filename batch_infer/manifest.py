@@ -67,6 +67,7 @@ def run_report(prepared: PreparedRun, manifest: dict[str, Any], started: float) 
         **engine_facts(prepared),
         predicted_at=manifest.get("predicted_at", prepared.spec.predicted_at.isoformat()),
         run_date=prepared.config.run_date.isoformat() if prepared.config.run_date else None,
+        table_commit=manifest.get("table_commit"),
     )
 
 
@@ -124,6 +125,9 @@ def previous_manifest(config: RunConfig, target: Target) -> dict[str, Any] | Non
     ``{run_date}`` output, the latest committed one of an earlier date."""
     if target.is_committed():
         return target.read_manifest()
+    earlier = target.previous_manifest()  # a table: the latest other run's
+    if earlier is not None:
+        return earlier
     if config.run_date is None:
         return None
     return earlier_dated_manifest(

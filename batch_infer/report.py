@@ -30,6 +30,7 @@ class RunReport:
     workers_used: int | None = None
     task_retries: int | None = None
     worker_peak_rss_mib: float | None = None
+    table_commit: str | None = None  # "version 4" / "snapshot 123…" when the output is a table
 
     def to_dict(self) -> dict[str, Any]:
         from importlib.metadata import version
@@ -44,7 +45,9 @@ class RunReport:
             [
                 f"Committed {self.rows_out:,} rows to {self.output}",
                 f"  input     {self.rows_in:,} rows in {self.files_in} file(s), {self.fragments} row group(s)",
-                f"  output    {self.files_out} Parquet file(s), _manifest.json, _SUCCESS",
+                f"  output    {self.files_out} data file(s) in {self.table_commit}"
+                if self.table_commit
+                else f"  output    {self.files_out} Parquet file(s), _manifest.json, _SUCCESS",
                 *(
                     [f"  rejected  {self.rows_rejected:,} rows (see _manifest.json: rejects)"]
                     if self.rows_rejected

@@ -57,6 +57,7 @@ def open_target(
             rejects,
             catalog=catalog.name,
             warehouse=catalog.warehouse,
+            properties=catalog.properties,
             schema=schema,
             partition_by=partition_by,
         )

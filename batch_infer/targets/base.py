@@ -55,6 +55,10 @@ class Target(Protocol):
     def is_committed(self) -> bool:
         """Whether a result is committed here."""
 
+    def previous_manifest(self) -> dict[str, Any] | None:
+        """The manifest of an earlier run into this output (a drift baseline), if the target
+        keeps several runs' results (a table); a folder holds one and says None."""
+
     def abort_unfinished_uploads(self) -> None:
         """Clean what a killed writer left half-written (under the run's lock)."""
 

@@ -570,6 +570,9 @@ class FolderTarget:
         """Uploads left open by a run that died mid-file (call while holding the lock)."""
         storage.abort_multipart_uploads(self.fs, storage.join(self.root, STAGING))
 
+    def previous_manifest(self) -> dict[str, Any] | None:
+        return None  # a folder holds one run's result: is_committed/read_manifest say it
+
     def is_committed(self) -> bool:
         return self.fs.exists(storage.join(self.root, SUCCESS))
 
