@@ -29,6 +29,7 @@ from .errors import (
     first_line,
     from_store,
 )
+from .redaction import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ def resolve(
     """URL -> (filesystem, path as that filesystem names it)."""
     options = dict(storage_options or {})
     if _protocol(url) in S3_PROTOCOLS and "@" in url.split("://", 1)[1].split("/", 1)[0]:
-        from .redaction import redact_url
-
         raise ConfigError(
             f"{redact_url(url)}: an s3:// URL cannot carry credentials (user:password@)",
             "remove them from the URL; give them as storage_options key and secret, or in the "
