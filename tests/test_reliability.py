@@ -167,6 +167,35 @@ def test_resume_is_refused_when_the_model_changed(tmp_path, trained_models, chur
     assert "model changed" in refused.stderr
 
 
+def test_resume_after_the_model_file_was_replaced_in_place_is_refused_and_keeps_the_staging(
+    tmp_path, trained_models, churn_input
+):
+    """The nightly scenario: a run is killed half way, someone replaces the model file at the
+    same path, the retry says --resume. It must refuse (exit 2) naming the model and both
+    sha256s, leave the killed run's staging exactly as it was, and commit nothing."""
+    import hashlib
+    import shutil
+
+    model = tmp_path / "model.joblib"
+    shutil.copyfile(trained_models["binary"], model)
+    out = tmp_path / "out"
+    command = _command(churn_input, out, model)
+    assert _run(command, BATCH_INFER_FAILPOINT="between-fragments").returncode == -9
+    staged = {p: p.read_bytes() for p in out.glob("_staging/**/*") if p.is_file()}
+    assert staged
+    old = hashlib.sha256(model.read_bytes()).hexdigest()
+    shutil.copyfile(trained_models["multiclass"], model)
+    new = hashlib.sha256(model.read_bytes()).hexdigest()
+
+    refused = _run([*command, "--resume"])
+
+    assert refused.returncode == 2, refused.stderr
+    error = refused.stderr.strip().splitlines()[-1]
+    assert f"model changed (sha256 {old[:12]} -> {new[:12]})" in error
+    assert {p: p.read_bytes() for p in out.glob("_staging/**/*") if p.is_file()} == staged
+    assert not (out / "_SUCCESS").exists()
+
+
 def test_committed_output_fails_or_skips(tmp_path, trained_models, churn_input):
     out = tmp_path / "out"
     command = _command(churn_input, out, trained_models["binary"])
