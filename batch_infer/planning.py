@@ -70,7 +70,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
             load_model, config.model, config.output.columns, config.output.methods
         )
         try:
-            plan = plan_input(config.input)
+            plan = plan_input(config.input, catalog=config.catalog)
         except BatchInferError:
             model_future.result()
             raise
