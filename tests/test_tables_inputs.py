@@ -127,9 +127,7 @@ def test_iceberg_input_reads_the_current_or_the_named_snapshot(tmp_path, model, 
 
     out_s0 = tmp_path / "out-s0"
     done = cli(
-        command(
-            f"iceberg:db.source@{snapshot0}", str(out_s0), model, "--warehouse", str(warehouse)
-        )
+        command(f"iceberg:db.source@{snapshot0}", str(out_s0), model, "--warehouse", str(warehouse))
     )
     assert done.returncode == 0, done.stderr
     want_s0 = read_output(
@@ -139,11 +137,59 @@ def test_iceberg_input_reads_the_current_or_the_named_snapshot(tmp_path, model, 
     manifest = json.loads((out_s0 / "_manifest.json").read_text())
     assert manifest["input_version"] == {"format": "iceberg", "snapshot": snapshot0}
 
-    done = cli(command("iceberg:db.nope", str(tmp_path / "o"), model, "--warehouse", str(warehouse)))
+    done = cli(
+        command("iceberg:db.nope", str(tmp_path / "o"), model, "--warehouse", str(warehouse))
+    )
     assert done.returncode == 3, done.stderr
     assert "does not exist" in error_line(done)
     done = cli(
-        command("iceberg:db.source@12345", str(tmp_path / "o"), model, "--warehouse", str(warehouse))
+        command(
+            "iceberg:db.source@12345", str(tmp_path / "o"), model, "--warehouse", str(warehouse)
+        )
     )
     assert done.returncode == 3, done.stderr
     assert "no snapshot 12345" in error_line(done)
+
+
+def test_delta_version_is_pinned_at_planning_so_a_resume_reads_the_same_rows(tmp_path, model):
+    import signal
+
+    first, second = _rows()
+    table = tmp_path / "source"
+    deltalake.write_deltalake(str(table), first, partition_by=["day"])
+    out = tmp_path / "out"
+    killed = cli(
+        command(f"delta:{table}", str(out), model), BATCH_INFER_FAILPOINT="between-fragments"
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # a commit lands while the run is down: the latest version is no longer what was planned
+    deltalake.write_deltalake(str(table), second, partition_by=["day"], mode="append")
+
+    refused = cli(command(f"delta:{table}", str(out), model, "--resume"))
+    assert refused.returncode == 2, refused.stderr
+    assert "cannot resume" in error_line(refused) and "input" in error_line(refused)
+
+    resumed = cli(command(f"delta:{table}@0", str(out), model, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already staged" in resumed.stderr  # the killed run's key: version 0, resumed
+    want = read_output(cli_folder(tmp_path, _folder(tmp_path, "ref-v0", first), model, "ref-out"))
+    assert_same_rows(read_output(out), want)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["input_version"] == {"format": "delta", "version": 0}
+
+
+def test_a_missing_extra_is_a_config_error_naming_the_pip_extra(monkeypatch):
+    import sys
+
+    from batch_infer.config import InputConfig
+    from batch_infer.errors import ConfigError
+    from batch_infer.inputs import plan_input
+
+    monkeypatch.setitem(sys.modules, "deltalake", None)
+    with pytest.raises(ConfigError) as caught:
+        plan_input(InputConfig(path="delta:/nowhere"))
+    assert "pip install 'batch-infer[delta]'" in str(caught.value)
+    monkeypatch.setitem(sys.modules, "pyiceberg.catalog", None)
+    with pytest.raises(ConfigError) as caught:
+        plan_input(InputConfig(path="iceberg:db.t"))
+    assert "pip install 'batch-infer[iceberg]'" in str(caught.value)

@@ -81,7 +81,7 @@ def split_at(spec: str, kind: str, what: str) -> tuple[str, int | None]:
 def plan_delta(config: InputConfig) -> InputPlan:
     """Plan the data files of the Delta table ``config.path`` names (see the module docstring)."""
     deltalake = _deltalake()
-    from deltalake.exceptions import DeltaError, TableNotFoundError  # the [delta] extra
+    from deltalake.exceptions import TableNotFoundError  # the [delta] extra
 
     from ..targets.delta import delta_storage_options
 
@@ -107,7 +107,7 @@ def plan_delta(config: InputConfig) -> InputPlan:
             f"input delta:{location} is not a Delta table: {first_line(exc)}",
             "check --input (delta:PATH names the table's folder, the one holding _delta_log)",
         ) from None
-    except (DeltaError, OSError, ValueError, Exception) as exc:  # delta-rs raises its own kinds
+    except Exception as exc:  # delta-rs raises DeltaError, OSError, ValueError and its own kinds
         if isinstance(exc, OSError) and (store_error := from_store(exc)) is not None:
             raise store_error from None
         at = f" at version {version}" if version is not None else ""
