@@ -10,7 +10,10 @@ import pyarrow as pa
 import pytest
 
 from .conftest import churn_table, read_output, write_parquet
-from .tables_helpers import assert_same_rows, cli, command, error_line, folder_reference
+from .tables_helpers import BUCKET, assert_same_rows, cli, command, error_line, folder_reference
+from .tables_helpers import moto_s3 as _moto_s3
+
+moto_s3 = _moto_s3  # the fixture (S3 on moto in its own process), for this module
 
 deltalake = pytest.importorskip("deltalake")
 
@@ -193,3 +196,60 @@ def test_a_missing_extra_is_a_config_error_naming_the_pip_extra(monkeypatch):
     with pytest.raises(ConfigError) as caught:
         plan_input(InputConfig(path="iceberg:db.t"))
     assert "pip install 'batch-infer[iceberg]'" in str(caught.value)
+
+
+def test_delta_partition_values_come_typed_from_the_log(tmp_path):
+    """Dates, strings with path-hostile characters and nulls as partition values: the rows read
+    back equal the rows written, with the partition columns in the table's types."""
+    import datetime as dt
+
+    from batch_infer.config import InputConfig
+    from batch_infer.inputs import plan_input, read_fragment
+
+    rows = pa.table(
+        {
+            "x": pa.array(range(6), pa.int64()),
+            "when": pa.array([dt.date(2026, 1, 1 + i % 2) for i in range(6)], pa.date32()),
+            "label": pa.array(["a b/c", "ü=1%", None, "a b/c", "ü=1%", None], pa.string()),
+        }
+    )
+    table = tmp_path / "typed"
+    deltalake.write_deltalake(str(table), rows, partition_by=["when", "label"])
+    plan = plan_input(InputConfig(path=f"delta:{table}"))
+    assert plan.version == {"format": "delta", "version": 0}
+    assert plan.partition_schema.names == ["when", "label"]
+    assert pa.types.is_date32(plan.partition_schema.field("when").type)
+    assert all(f.version.startswith("0:") for f in plan.files)
+    batches = [
+        batch
+        for fragment in plan.fragments
+        for batch in read_fragment(plan.fs, fragment, plan.schema, plan.partition_schema)
+    ]
+    got = pa.Table.from_batches(batches, plan.schema).sort_by("x")
+    assert got.column("x").to_pylist() == rows.column("x").to_pylist()
+    assert got.column("when").to_pylist() == rows.column("when").to_pylist()
+    assert got.column("label").cast(pa.string()).to_pylist() == rows.column("label").to_pylist()
+
+
+def test_delta_input_on_s3(moto_s3, tmp_path, model):
+    moto_endpoint, _ = moto_s3
+    first, second = _rows()
+    uri = f"s3://{BUCKET}/inputs/source"
+    options = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ALLOW_HTTP": "true"}
+    deltalake.write_deltalake(uri, first, partition_by=["day"], storage_options=options)
+    deltalake.write_deltalake(
+        uri, second, partition_by=["day"], mode="append", storage_options=options
+    )
+    out = tmp_path / "out"
+    done = cli(command(f"delta:{uri}", str(out), model))
+    assert done.returncode == 0, done.stderr
+    want = folder_reference(tmp_path, _folder(tmp_path, "ref-all", first, second), model)
+    assert_same_rows(read_output(out), want)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["input_version"] == {"format": "delta", "version": 1}
+    assert all(url.startswith(f"s3://{BUCKET}/inputs/source/day=") for url in manifest_inputs(out))
+
+
+def manifest_inputs(out: Path) -> list[str]:
+    manifest = json.loads((out / "_manifest.json").read_text())
+    return [entry["path"] for entry in manifest["inputs"]]
