@@ -28,7 +28,7 @@ from .. import storage
 from ..config import InputConfig
 from ..errors import ConfigError, InputError, first_line, from_store
 from .base import InputFile, InputPlan
-from .folder import _lossy_columns, _lossy_error, _read_footer, _unify
+from .folder import lossy_columns, lossy_error, read_footer, unify_schema
 
 # Reader features whose tables the data files read as plain Parquet still give exactly:
 # deletionVectors is checked per table (refused when any file has one).
@@ -222,12 +222,12 @@ def plan_data_files(
         for e, meta in zip(entries, metadatas, strict=True)
     ]
     # a partition column some writers also keep in the data files: the log's value wins
-    schema = _unify(files, partition_schema)
+    schema = unify_schema(files, partition_schema)
     for key in partition_schema:
         schema = schema.set(schema.get_field_index(key.name), key)
-    lossy = _lossy_columns(files, schema)
+    lossy = lossy_columns(files, schema)
     if lossy and not config.allow_lossy_types:
-        raise _lossy_error(files, schema, lossy)
+        raise lossy_error(files, schema, lossy)
     files = [
         dataclasses.replace(f, lossy_columns=frozenset(lossy[f])) if f in lossy else f
         for f in files
@@ -244,7 +244,7 @@ def plan_data_files(
 
 def _footer(fs: fsspec.AbstractFileSystem, path: str, name: str) -> Any:
     try:
-        return _read_footer(fs, path)
+        return read_footer(fs, path)
     except InputError:
         if fs.exists(path):
             raise

@@ -38,7 +38,7 @@ def plan_folder(config: InputConfig) -> InputPlan:
     root, paths = _list_files(fs, path, config.path)
     versions = {p: storage.file_version(fs, p) for p in paths}
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
-        metadatas = list(pool.map(lambda p: _read_footer(fs, p), paths))
+        metadatas = list(pool.map(lambda p: read_footer(fs, p), paths))
     files = [
         InputFile(
             path=p,
@@ -52,10 +52,10 @@ def plan_folder(config: InputConfig) -> InputPlan:
         for p, meta in zip(paths, metadatas, strict=True)
     ]
     partition_schema = _partition_schema(files)
-    schema = _unify(files, partition_schema)
-    lossy = _lossy_columns(files, schema)
+    schema = unify_schema(files, partition_schema)
+    lossy = lossy_columns(files, schema)
     if lossy and not config.allow_lossy_types:
-        raise _lossy_error(files, schema, lossy)
+        raise lossy_error(files, schema, lossy)
     files = [
         dataclasses.replace(f, lossy_columns=frozenset(lossy[f])) if f in lossy else f
         for f in files
@@ -119,7 +119,7 @@ def _conform(
         index = batch.schema.get_field_index(target.name)
         if index >= 0:
             column = batch.column(index)
-            if not column.type.equals(target.type):  # unified across writers (see _unify)
+            if not column.type.equals(target.type):  # unified across writers (see unify_schema)
                 column = _cast(column, target, file)
             columns.append(column)
         elif target.name in partition_schema.names:
@@ -195,7 +195,7 @@ def _glob_root(pattern: str) -> str:
     return "/".join(parts).rstrip("/")
 
 
-def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
+def read_footer(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
     url = storage.display(fs, path)
     try:
         return pq.ParquetFile(path, filesystem=storage.arrow_filesystem(fs)).metadata
@@ -235,7 +235,7 @@ def _partition_schema(files: list[InputFile]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _unify(files: list[InputFile], partition_schema: pa.Schema) -> pa.Schema:
+def unify_schema(files: list[InputFile], partition_schema: pa.Schema) -> pa.Schema:
     """One schema for all files: first file's column order, then columns only later files have.
 
     Writers differ in how they store the same column: pandas writes a Categorical as a
@@ -326,7 +326,7 @@ def _incompatible(
     )
 
 
-def _lossy_columns(files: list[InputFile], schema: pa.Schema) -> dict[InputFile, list[str]]:
+def lossy_columns(files: list[InputFile], schema: pa.Schema) -> dict[InputFile, list[str]]:
     """Per file, the columns whose values the unified type cannot all hold exactly."""
     found: dict[InputFile, list[str]] = {}
     for f in files:
@@ -338,7 +338,7 @@ def _lossy_columns(files: list[InputFile], schema: pa.Schema) -> dict[InputFile,
     return found
 
 
-def _lossy_error(
+def lossy_error(
     files: list[InputFile], schema: pa.Schema, lossy: dict[InputFile, list[str]]
 ) -> InputError:
     """The first lossy column: the file whose values would change, and a file that made it so."""
