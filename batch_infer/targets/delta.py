@@ -26,6 +26,7 @@ import pyarrow as pa
 from .. import storage
 from ..errors import ConfigError, OutputConflictError, first_line
 from .base import OutputFile
+from .folder import rejects_location
 from .table_staging import (
     MANIFEST_KEY,
     RUN_ID,
@@ -119,15 +120,9 @@ def open_delta(
         root = table_uri
     else:
         table_uri = fs.unstrip_protocol(root)
-    rejects_root = None
-    if rejects:
-        rejects_fs, rejects_root = storage.resolve(rejects, storage_options)
-        if type(rejects_fs) is not type(fs):
-            raise ConfigError(
-                f"--rejects {rejects} is not on the same storage as the table {url}",
-                "put the rejects next to the table (default: <table>/_batch_infer/_rejects)",
-            )
-        rejects_root = rejects_root.rstrip("/")
+    rejects_root = rejects_location(
+        rejects, storage_options, fs, url, "<table>/_batch_infer/_rejects"
+    )
     return DeltaTarget(
         fs=fs,
         root=storage.join(root, SIDE),

@@ -76,15 +76,7 @@ def open_folder(
         )
     storage_options = _with_connection_pool(url, storage_options, commit_concurrency)
     fs, root = storage.resolve(url, storage_options)
-    rejects_root = None
-    if rejects:
-        rejects_fs, rejects_root = storage.resolve(rejects, storage_options)
-        if type(rejects_fs) is not type(fs):
-            raise ConfigError(
-                f"--rejects {rejects} is not on the same storage as the output {url}",
-                "put the rejects next to the output (default: <output>/_rejects)",
-            )
-        rejects_root = rejects_root.rstrip("/")
+    rejects_root = rejects_location(rejects, storage_options, fs, url, "<output>/_rejects")
     return FolderTarget(
         fs=fs,
         root=root.rstrip("/"),
@@ -93,6 +85,22 @@ def open_folder(
         rejects_root=rejects_root,
         commit_concurrency=commit_concurrency,
     )
+
+
+def rejects_location(
+    rejects: str | None, storage_options: dict[str, Any], fs: Any, url: str, default: str
+) -> str | None:
+    """Where ``--rejects`` puts rejected rows (None: the target's default ``default``); it must
+    be on the output's storage, since the commit moves files there."""
+    if not rejects:
+        return None
+    rejects_fs, rejects_root = storage.resolve(rejects, storage_options)
+    if type(rejects_fs) is not type(fs):
+        raise ConfigError(
+            f"--rejects {rejects} is not on the same storage as the output {url}",
+            f"put the rejects next to the output (default: {default})",
+        )
+    return rejects_root.rstrip("/")
 
 
 def _with_connection_pool(
