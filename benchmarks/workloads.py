@@ -26,12 +26,19 @@ import pyarrow.parquet as pq
 ROW_GROUP = 128 * 1024
 FEATURES = ["age", "tenure", "monthly_charges", "total_charges"]
 REGIONS = np.array(["north", "south", "east", "west", "central"])
-# the mixed-type case: churn rows plus three string categories, two plain and one dictionary
-CONTRACTS = np.array(["month-to-month", "one-year", "two-year"])
-PAYMENTS = np.array(["electronic check", "mailed check", "bank transfer", "credit card"])
-INTERNET = np.array(["dsl", "fiber optic", "none"])
-CATEGORIES = ["contract", "payment", "internet"]
-MIXED_FEATURES = FEATURES + CATEGORIES
+# the mixed-type case (issue 19): 4 numeric columns, ~3% missing in monthly_charges, and 4 string
+# columns of 5, 12, 25 and 40 values, ~1% missing in device
+MIXED_NUMERIC = FEATURES
+STRINGS = {
+    "plan": np.array([f"plan-{i}" for i in range(5)]),
+    "state": np.array([f"state-{i:02d}" for i in range(12)]),
+    "device": np.array([f"device-{i:02d}" for i in range(25)]),
+    "city": np.array([f"city-{i:02d}" for i in range(40)]),
+}
+CATEGORIES = list(STRINGS)
+MIXED_FEATURES = MIXED_NUMERIC + CATEGORIES
+NUMERIC_MISSING = ("monthly_charges", 0.03)
+STRING_MISSING = ("device", 0.01)
 
 
 def churn_batch(rng: np.random.Generator, first_id: int, rows: int) -> pa.RecordBatch:
@@ -54,18 +61,16 @@ def churn_batch(rng: np.random.Generator, first_id: int, rows: int) -> pa.Record
 
 
 def mixed_batch(rng: np.random.Generator, first_id: int, rows: int) -> pa.RecordBatch:
-    """Churn rows plus ``contract`` and ``payment`` (plain strings in Parquet) and ``internet``
-    (a dictionary column, as pandas writes a Categorical)."""
+    """Churn rows (monthly_charges ~3% null) plus four plain string columns (device ~1% null)."""
     batch = churn_batch(rng, first_id, rows)
-    contract = pa.array(CONTRACTS[rng.choice(3, rows, p=[0.55, 0.25, 0.20])])
-    payment = pa.array(PAYMENTS[rng.integers(0, len(PAYMENTS), rows)])
-    internet = pa.DictionaryArray.from_arrays(
-        pa.array(rng.choice(3, rows, p=[0.35, 0.45, 0.20]).astype("int32")), pa.array(INTERNET)
-    )
-    return pa.RecordBatch.from_arrays(
-        [*batch.columns, contract, payment, internet],
-        names=[*batch.schema.names, *CATEGORIES],
-    )
+    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
+    name, share = NUMERIC_MISSING
+    columns[name] = pa.array(columns[name].to_numpy(), mask=rng.uniform(size=rows) < share)
+    for name, values in STRINGS.items():
+        picked = values[rng.integers(0, len(values), rows)]
+        mask = rng.uniform(size=rows) < STRING_MISSING[1] if name == STRING_MISSING[0] else None
+        columns[name] = pa.array(picked, type=pa.string(), mask=mask)
+    return pa.record_batch(columns)
 
 
 BATCHES = {"churn": churn_batch, "mixed": mixed_batch}
@@ -91,73 +96,77 @@ def make_data(rows: int, files: int, out_dir: str, kind: str = "churn") -> None:
 
 
 def make_models(models_dir: str, kind: str = "churn") -> None:
+    """churn: scaler + LogisticRegression (two files, as `--scaler` takes them) and the two
+    HistGradientBoosting pipelines; mixed: the mixed-type Pipeline."""
     if kind == "mixed":
         return make_mixed_model(models_dir)
     import joblib
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    X, y = churn_training(200_000)
+    os.makedirs(models_dir, exist_ok=True)
+    scaler = StandardScaler().fit(X)
+    joblib.dump(scaler, f"{models_dir}/scaler.joblib")
+    joblib.dump(LogisticRegression().fit(scaler.transform(X), y), f"{models_dir}/logreg.joblib")
+    for name, step in (("scaler-hgb", StandardScaler()), ("imputer-hgb", SimpleImputer())):
+        trees = HistGradientBoostingClassifier(max_iter=200, early_stopping=False, random_state=0)
+        joblib.dump(
+            make_pipeline(step, trees).fit(X[:100_000], y[:100_000]), f"{models_dir}/{name}.joblib"
+        )
+
+
+def churn_training(rows: int):
+    """Seeded churn rows and labels drawn from a known logit (the churn models' training set)."""
     rng = np.random.default_rng(7)
-    frame = pa.Table.from_batches([churn_batch(rng, 0, 200_000)]).to_pandas()
+    frame = pa.Table.from_batches([churn_batch(rng, 0, rows)]).to_pandas()
     X = frame[FEATURES].astype("float64")
     logit = (
         -0.03 * (X["age"] - 50) - 0.06 * (X["tenure"] - 36) + 0.025 * (X["monthly_charges"] - 70)
     )
     y = (rng.uniform(size=len(X)) < 1 / (1 + np.exp(-logit))).astype("int64")
-    os.makedirs(models_dir, exist_ok=True)
-    scaler = StandardScaler().fit(X)
-    joblib.dump(scaler, f"{models_dir}/scaler.joblib")
-    joblib.dump(LogisticRegression().fit(scaler.transform(X), y), f"{models_dir}/logreg.joblib")
-    joblib.dump(
-        HistGradientBoostingClassifier(max_iter=200, early_stopping=False, random_state=0).fit(
-            X, y
-        ),
-        f"{models_dir}/hgb.joblib",
-    )
-    joblib.dump(
-        RandomForestClassifier(n_estimators=100, max_depth=12, random_state=0, n_jobs=-1)
-        .fit(X[:50_000], y[:50_000])
-        .set_params(n_jobs=None),
-        f"{models_dir}/forest.joblib",
-    )
+    return X, y
 
 
 def make_mixed_model(models_dir: str) -> None:
-    """Pipeline(ColumnTransformer(scaler on numbers, one-hot on strings), LogisticRegression),
-    fitted on a DataFrame as pandas reads the data (str columns, the dictionary one a category)."""
+    """Pipeline(ColumnTransformer(SimpleImputer + StandardScaler on the numbers, SimpleImputer +
+    OneHotEncoder(handle_unknown="ignore") on the strings), LogisticRegression), fitted on 50k
+    rows as pandas reads the data."""
     import joblib
     from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
+    from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     rng = np.random.default_rng(8)
-    frame = pa.Table.from_batches([mixed_batch(rng, 0, 200_000)]).to_pandas()
-    X = frame[MIXED_FEATURES]
+    X = pa.Table.from_batches([mixed_batch(rng, 0, 50_000)]).to_pandas()[MIXED_FEATURES]
     logit = (
         -0.03 * (X["age"] - 50)
         - 0.06 * (X["tenure"] - 36)
-        + 0.025 * (X["monthly_charges"] - 70)
-        + X["contract"].map({"month-to-month": 1.0, "one-year": -0.3, "two-year": -1.2})
-        + (X["payment"] == "electronic check") * 0.5
-        + (X["internet"].astype(str) == "fiber optic") * 0.4
+        + 0.025 * (X["monthly_charges"].fillna(70) - 70)
+        + 0.3 * X["plan"].isin(["plan-0", "plan-3"])
+        - 0.02 * X["city"].str[-2:].astype("float64").fillna(20)
+        + 0.5 * (X["device"] == "device-07")
     ).astype("float64")
     y = (rng.uniform(size=len(X)) < 1 / (1 + np.exp(-logit))).astype("int64")
-    model = Pipeline(
+    columns = ColumnTransformer(
         [
+            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), FEATURES),
             (
-                "columns",
-                ColumnTransformer(
-                    [
-                        ("num", StandardScaler(), FEATURES),
-                        ("cat", OneHotEncoder(handle_unknown="ignore"), CATEGORIES),
-                    ]
+                "cat",
+                make_pipeline(
+                    SimpleImputer(strategy="most_frequent"),
+                    OneHotEncoder(handle_unknown="ignore"),
                 ),
+                CATEGORIES,
             ),
-            ("model", LogisticRegression()),
         ]
     )
+    model = Pipeline([("columns", columns), ("model", LogisticRegression(max_iter=1000))])
     os.makedirs(models_dir, exist_ok=True)
     joblib.dump(model.fit(X, y), f"{models_dir}/mixed.joblib")
 
@@ -241,8 +250,8 @@ def model_bound(input_path: str, models_dir: str, model: str) -> None:
     """CPU seconds of scaler + predict + predict_proba on the whole feature matrix in memory.
 
     The mixed Pipeline gets the DataFrame pandas reads (``pd.read_parquet``, as a notebook
-    would: str columns, the dictionary column a category); its CPU seconds include the
-    ColumnTransformer, which predict and predict_proba each run.
+    would: str columns); its CPU seconds include the ColumnTransformer, which predict and
+    predict_proba each run. The HistGradientBoosting pipelines get the numeric DataFrame.
     """
     import pandas as pd
 
