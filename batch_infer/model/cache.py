@@ -28,7 +28,7 @@ from .runtimes import load_runtime
 
 log = logging.getLogger(__name__)
 
-FORMAT = "batch-infer-compiled/1"
+FORMAT = "batch-infer-compiled/2"  # 2: scalers and imputers are preprocessing steps
 META = "compiled.json"
 
 

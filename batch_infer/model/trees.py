@@ -90,6 +90,11 @@ class TreeRuntime:
             return ("predict",)
         return ("predict", "predict_proba", *(("decision_function",) if self.margin else ()))
 
+    @property
+    def width(self) -> int:
+        """How many features the trees take (known when built, for probing)."""
+        return len(self.thresholds)
+
     @classmethod
     def from_model(cls, model: Any) -> TreeRuntime:
         compiler = shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
