@@ -55,6 +55,11 @@ class InputConfig(_Section):
         "changes some files' values (int64 with float64 as float64, uint64 with int64 as "
         "int64); default: refuse such input (exit 3), naming the files and the column.",
     )
+    where: str | None = Field(
+        None,
+        description="SQL condition selecting the rows to score, e.g. \"event_date = "
+        "'2026-01-05' AND score > 0.5\"; files of partitions it excludes are not read.",
+    )
 
 
 class ModelConfig(_Section):
@@ -429,6 +434,7 @@ def load_serve_config(
 FLAGS = {
     "input.path": "--input",
     "input.batch_size": "--batch-size",
+    "input.where": "--where",
     "model.path": "--model",
     "model.scaler": "--scaler",
     "model.features": "--features",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import failpoints
@@ -47,6 +49,7 @@ class FragmentJob:
     statistics: tuple[list[str], list[str], list[str]] | None = (
         None  # features, outputs, partitions
     )
+    row_filter: pc.Expression | None = None  # --where: rows it does not select are not scored
 
 
 @dataclass(frozen=True)
@@ -117,11 +120,13 @@ def score_fragment(
 ) -> StagedFragment:
     """Read one row group, score it and stage its output; touches nothing outside staging."""
     rejected: list[pa.RecordBatch] = []
+    selected = 0  # rows --where selected (all rows read without one)
     statistics = None
     if job.statistics is not None:
         statistics = RunStatistics(*job.statistics)
 
     def scored() -> Iterator[pa.RecordBatch]:
+        nonlocal selected
         batches = read_fragment(
             job.input_fs,
             fragment,
@@ -138,9 +143,15 @@ def score_fragment(
                 raise _row_count_mismatch(fragment, read)
             if cancel is not None and cancel.is_set():
                 raise Cancelled(fragment.describe())
-            check_partition_values(batch, job.output.partition_by, fragment.describe())
             origin = RowOrigin(fragment.file.url, fragment.row_group, first_row)
             first_row += batch.num_rows
+            read_batch = batch
+            if job.row_filter is not None:
+                batch = batch.filter(job.row_filter)
+                if batch.num_rows == 0:
+                    continue
+            selected += batch.num_rows
+            check_partition_values(batch, job.output.partition_by, fragment.describe())
             try:
                 outcome = score_batch(batch, job.model, job.spec, origin)
             except (InputError, ModelError) as exc:  # name where it happened
@@ -154,6 +165,10 @@ def score_fragment(
                     "check that the model loads and predicts in the environment batch-infer "
                     "runs in (library versions), e.g. with batch-infer inspect MODEL",
                 ) from None
+            if outcome.rejected is not None and batch is not read_batch:
+                outcome = replace(
+                    outcome, rejected=_in_read_batch(outcome.rejected, read_batch, job, origin)
+                )
             if outcome.rejected is not None:
                 rejected.append(outcome.rejected)
                 if budget is not None:
@@ -172,12 +187,33 @@ def score_fragment(
     )
     if rejected:
         files.append(job.target.stage_rejects(fragment.name, rejected))
+    # a row lost or doubled is a bug, never a result (without --where: checked for the run)
+    if job.row_filter is not None and sum(f.rows for f in files) != selected:
+        raise RuntimeError(
+            f"{fragment.describe()}: staged {sum(f.rows for f in files)} rows of {selected}"
+        )
     return StagedFragment(
         name=fragment.name,
         source=fragment.file.path,
         rows=sum(f.rows for f in files if not is_reject_file(f.path)),
         files=files,
         statistics=statistics.to_dict() if statistics is not None else None,
+    )
+
+
+def _in_read_batch(
+    rejected: pa.RecordBatch, read: pa.RecordBatch, job: FragmentJob, origin: RowOrigin
+) -> pa.RecordBatch:
+    """Rejected rows' indices counted in the file, not among the rows --where selected."""
+    marker = "__batch_infer_row__"
+    numbered = read.append_column(marker, pa.array(np.arange(read.num_rows), pa.int64()))
+    positions = numbered.filter(job.row_filter).column(marker).to_numpy()
+    index = rejected.schema.get_field_index("reject_row_index")
+    selected = rejected.column(index).to_numpy() - origin.first_row
+    return rejected.set_column(
+        index,
+        rejected.schema.field(index),
+        pa.array(origin.first_row + positions[selected], pa.int64()),
     )
 
 

@@ -169,6 +169,7 @@ def build_manifest(prepared: PreparedRun, run_id: str, files: list[OutputFile]) 
         "batch_infer_version": version("batch-infer"),
         "sklearn_version": version("scikit-learn"),  # without importing it (compiled runtimes)
         "rows_in": plan.total_rows,
+        **_where(plan, files),
         "rows_out": sum(f.rows for f in files if not is_reject_file(f.path)),
         "rows_rejected": sum(f.rows for f in files if is_reject_file(f.path)),
         "partition_by": prepared.config.output.partition_by,
@@ -176,6 +177,17 @@ def build_manifest(prepared: PreparedRun, run_id: str, files: list[OutputFile]) 
         **_observed(prepared),
     }
     return redact_data(manifest)
+
+
+def _where(plan: Any, files: list[OutputFile]) -> dict[str, Any]:
+    """--where: its text, the input files it pruned unread, the rows it selected of rows_in."""
+    if not plan.where:
+        return {}
+    selected = sum(f.rows for f in files)  # scored and rejected
+    return {
+        "where": {"text": plan.where, "files_pruned": plan.files_pruned},
+        "rows_selected": selected,
+    }
 
 
 def _observed(prepared: PreparedRun) -> dict[str, Any]:

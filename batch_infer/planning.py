@@ -132,6 +132,7 @@ def fingerprint_of(config: RunConfig, plan: InputPlan, model: LoadedModel) -> di
     return {
         "inputs": {f.url: [f.size, f.version] for f in plan.files},
         **({"input_version": plan.version} if plan.version else {}),
+        **({"where": plan.where} if plan.where else {}),  # another --where: another run
         "model": model.sha256,
         "scaler": model.scaler.sha256 if model.scaler else None,
         "contract": model.contract_sha256,

@@ -234,6 +234,7 @@ def _score(
             prepared.output_schema, prepared.float_columns, config.output.partition_by
         ),
         statistics=statistics_columns(prepared),
+        row_filter=plan.row_filter,
     )
     fragments = plan.fragments
     todo = [f for f in fragments if f.name not in done]
@@ -292,7 +293,8 @@ def _score(
     sketches = prepared.resumed_statistics + [s.statistics for _, s in results if s.statistics]
     note_statistics(facts, job.statistics, sketches)
     rows = sum(f.rows for f in files)  # scored and rejected
-    if rows != plan.total_rows:  # a row lost or doubled is a bug, never a result
+    # a row lost or doubled is a bug, never a result (with --where: checked per fragment)
+    if plan.row_filter is None and rows != plan.total_rows:
         raise RuntimeError(f"staged {rows} rows but the input holds {plan.total_rows}")
     if budget.count:
         log.warning("%d row(s) rejected, kept in %s", budget.count, target.rejects_url)

@@ -41,6 +41,14 @@ FeaturesOpt = Annotated[
 PartitionOpt = Annotated[
     str | None, typer.Option("--partition-by", help="Comma-separated columns to hive-partition by.")
 ]
+WhereOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--where",
+        help="SQL condition: score only the rows it selects, e.g. \"event_date = '2026-01-05'\"; "
+        "partitions it excludes are not read.",
+    ),
+]
 BatchOpt = Annotated[
     int | None, typer.Option("--batch-size", help="Rows per batch read and scored.")
 ]

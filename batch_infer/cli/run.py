@@ -42,6 +42,7 @@ from .options import (
     VerboseOpt,
     VersionOpt,
     WarehouseOpt,
+    WhereOpt,
     WorkersOpt,
 )
 
@@ -55,6 +56,7 @@ def run(
     features: FeaturesOpt = None,
     partition_by: PartitionOpt = None,
     batch_size: BatchOpt = None,
+    where: WhereOpt = None,
     mode: ModeOpt = None,
     run_date: RunDateOpt = None,
     model_version: VersionOpt = None,
@@ -136,6 +138,7 @@ def run(
         outputs,
         contract,
     )
+    overrides["input"]["where"] = where
     overrides["workers"] = workers
     overrides["catalog"] = {"name": catalog, "warehouse": warehouse}
     overrides["resume"] = resume
@@ -182,6 +185,7 @@ def validate(
     scaler: ScalerOpt = None,
     features: FeaturesOpt = None,
     partition_by: PartitionOpt = None,
+    where: WhereOpt = None,
     mode: ModeOpt = None,
     run_date: RunDateOpt = None,
     outputs: OutputsOpt = None,
@@ -213,6 +217,7 @@ def validate(
         contract,
     )
     overrides["model"]["runtime"] = runtime
+    overrides["input"]["where"] = where
     overrides["catalog"] = {"name": catalog, "warehouse": warehouse}
     with exit_codes(verbose):
         from ..runner import validate as validate_job

@@ -17,6 +17,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 BATCH_BYTES = 64 * 1024 * 1024  # decoded bytes per batch when no batch size is configured
@@ -93,6 +94,10 @@ class InputPlan:
     partition_schema: pa.Schema
     # what was read beyond the files' own versions: a table's version or snapshot, else None
     version: dict[str, Any] | None = None
+    # --where: its text, the row filter bound to ``schema``, and the files it pruned unread
+    where: str | None = None
+    row_filter: pc.Expression | None = None
+    files_pruned: int = 0
 
     @property
     def fragments(self) -> list[Fragment]:

@@ -29,6 +29,7 @@ from ..config import InputConfig
 from ..errors import ConfigError, InputError, first_line, from_store
 from .base import InputFile, InputPlan
 from .folder import lossy_columns, lossy_error, read_footer, unify_schema
+from .where import Where, parse_where, prune, where_fields
 
 # Reader features whose tables the data files read as plain Parquet still give exactly:
 # deletionVectors is checked per table (refused when any file has one).
@@ -85,6 +86,7 @@ def plan_delta(config: InputConfig) -> InputPlan:
 
     from ..targets.delta import delta_storage_options
 
+    where = parse_where(config.where)  # a syntax error before the table is opened
     location, version = split_at(config.path[len("delta:") :], "delta", "version")
     if not location:
         raise ConfigError(
@@ -124,6 +126,8 @@ def plan_delta(config: InputConfig) -> InputPlan:
     partition_columns = list(table.metadata().partition_columns)
     delta_schema = pa.schema(table.schema().to_arrow())
     partition_schema = pa.schema([_plain(delta_schema.field(c)) for c in partition_columns])
+    if where is not None:
+        where.bind(delta_schema)  # an unknown column or mistyped literal: before any footer
     rows = actions.to_pylist()
     if len(uris) != len(rows):
         raise InputError(f"{name}: the log lists {len(rows)} files but {len(uris)} URIs")
@@ -142,6 +146,9 @@ def plan_delta(config: InputConfig) -> InputPlan:
                 partition={c: _text(action.get(f"partition.{c}")) for c in partition_columns},
             )
         )
+    listed = len(files)
+    if where is not None:  # by the log's partition values: pruned files are never opened
+        files = prune(where, files, [f.partition for f in files], partition_schema)
     return plan_data_files(
         config,
         fs,
@@ -150,6 +157,8 @@ def plan_delta(config: InputConfig) -> InputPlan:
         partition_schema,
         {"format": "delta", "version": table_version},
         name,
+        where,
+        listed - len(files),
     )
 
 
@@ -201,6 +210,8 @@ def plan_data_files(
     partition_schema: pa.Schema,
     version: dict[str, Any],
     name: str,
+    where: Where | None = None,
+    pruned: int = 0,
 ) -> InputPlan:
     """A table's data files as a plan: footers read in a pool, schemas unified (as a folder's)."""
     if not entries:
@@ -239,6 +250,7 @@ def plan_data_files(
         schema=schema,
         partition_schema=partition_schema,
         version=version,
+        **where_fields(where, schema, pruned),
     )
 
 

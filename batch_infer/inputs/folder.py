@@ -22,6 +22,7 @@ from .. import storage
 from ..config import InputConfig
 from ..errors import InputError, first_line, from_store
 from .base import Fragment, InputFile, InputPlan
+from .where import parse_where, prune, where_fields
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -33,9 +34,21 @@ def has_magic(path: str) -> bool:
 
 
 def plan_folder(config: InputConfig) -> InputPlan:
-    """Resolve the input URL to files, read every footer and unify the schema."""
+    """Resolve the input URL to files, read every footer and unify the schema.
+
+    With ``--where``, files whose hive keys cannot match are dropped before their footers are
+    read; the rows of the others are filtered as they are read (``InputPlan.row_filter``).
+    """
+    where = parse_where(config.where)  # a syntax error before any listing
     fs, path = storage.resolve(config.path, config.storage_options)
     root, paths = _list_files(fs, path, config.path)
+    keys = {
+        p: _hive_keys(posixpath.relpath(posixpath.dirname(p), root) if root else "") for p in paths
+    }
+    partition_schema = _partition_schema([keys[p] for p in paths])
+    listed = len(paths)
+    if where is not None:
+        paths = prune(where, paths, [keys[p] for p in paths], partition_schema)
     versions = {p: storage.file_version(fs, p) for p in paths}
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
         metadatas = list(pool.map(lambda p: read_footer(fs, p), paths))
@@ -47,11 +60,10 @@ def plan_folder(config: InputConfig) -> InputPlan:
             size=versions[p][0],
             version=versions[p][1],
             metadata=meta,
-            partition=_hive_keys(posixpath.relpath(posixpath.dirname(p), root) if root else ""),
+            partition=keys[p],
         )
         for p, meta in zip(paths, metadatas, strict=True)
     ]
-    partition_schema = _partition_schema(files)
     schema = unify_schema(files, partition_schema)
     lossy = lossy_columns(files, schema)
     if lossy and not config.allow_lossy_types:
@@ -60,13 +72,14 @@ def plan_folder(config: InputConfig) -> InputPlan:
         dataclasses.replace(f, lossy_columns=frozenset(lossy[f])) if f in lossy else f
         for f in files
     ]
-    scanned = path if len(paths) == 1 and paths[0] == path else root
+    scanned = path if listed == 1 and paths[0] == path else root
     return InputPlan(
         fs=fs,
         root=storage.display(fs, scanned),
         files=files,
         schema=schema,
         partition_schema=partition_schema,
+        **where_fields(where, schema, listed - len(files)),
     )
 
 
@@ -218,18 +231,18 @@ def _hive_keys(relative_dir: str) -> dict[str, str | None]:
     return keys
 
 
-def _partition_schema(files: list[InputFile]) -> pa.Schema:
+def _partition_schema(partitions: list[dict[str, str | None]]) -> pa.Schema:
     """Hive keys present in every file's path; int64 when every value is an integer, else string."""
-    if not files:
+    if not partitions:
         return pa.schema([])
-    common = set(files[0].partition)
-    for f in files[1:]:
-        common &= set(f.partition)
+    common = set(partitions[0])
+    for keys in partitions[1:]:
+        common &= set(keys)
     fields = []
-    for key in files[0].partition:
+    for key in partitions[0]:
         if key not in common:
             continue
-        values = [f.partition[key] for f in files if f.partition[key] is not None]
+        values = [keys[key] for keys in partitions if keys[key] is not None]
         is_int = bool(values) and all(re.fullmatch(r"-?(0|[1-9][0-9]{0,17})", v) for v in values)
         fields.append(pa.field(key, pa.int64() if is_int else pa.string()))
     return pa.schema(fields)

@@ -25,6 +25,7 @@ from ..config import CatalogConfig, InputConfig
 from ..errors import ConfigError, InputError, first_line
 from .base import InputPlan
 from .delta import DataFile, plan_data_files, split_at
+from .where import parse_where
 
 FIELD_ID = b"PARQUET:field_id"
 
@@ -46,6 +47,7 @@ def plan_iceberg(config: InputConfig, catalog: CatalogConfig) -> InputPlan:
 
     from ..targets.iceberg import load_catalog
 
+    where = parse_where(config.where)  # a syntax error before the catalog is opened
     identifier, snapshot_id = split_at(config.path[len("iceberg:") :], "iceberg", "snapshot")
     namespace, _, table_name = identifier.rpartition(".")
     if not namespace or not table_name:
@@ -81,13 +83,17 @@ def plan_iceberg(config: InputConfig, catalog: CatalogConfig) -> InputPlan:
     location = table.location().rstrip("/")
     fs, root = storage.resolve(location, config.storage_options)
     root = root.rstrip("/")
-    try:
-        tasks = list(table.scan(snapshot_id=snapshot_id).plan_files())
-    except Exception as exc:  # pyiceberg and its FileIO raise many kinds
-        raise InputError(
-            f"cannot plan {name}: {type(exc).__name__}: {first_line(exc)}",
-            "check the table's metadata and storage (credentials, endpoint)",
-        ) from None
+    snapshot = table.snapshot_by_id(snapshot_id)
+    schema = table.schemas().get(snapshot.schema_id) or table.schema()
+    # --where goes to the scan: pyiceberg skips manifests and files it proves hold no match
+    row_filter = where.to_iceberg(schema.as_arrow()) if where is not None else None
+    tasks = _plan_files(table, snapshot_id, row_filter, name)
+    pruned = 0
+    if row_filter is not None:
+        total = (snapshot.summary or {}).get("total-data-files")
+        if not tasks:  # nothing can match: one file for the schema, its rows all filtered out
+            tasks = _plan_files(table, snapshot_id, None, name)[:1]
+        pruned = max(0, int(total) - len(tasks)) if total is not None else 0
     entries = []
     for task in tasks:
         data = task.file
@@ -122,10 +128,27 @@ def plan_iceberg(config: InputConfig, catalog: CatalogConfig) -> InputPlan:
         pa.schema([]),
         {"format": "iceberg", "snapshot": snapshot_id},
         name,
+        where,
+        pruned,
     )
-    schema_id = table.snapshot_by_id(snapshot_id).schema_id
-    _refuse_renamed(plan, table.schemas().get(schema_id) or table.schema(), name)
+    _refuse_renamed(plan, schema, name)
     return plan
+
+
+def _plan_files(table: Any, snapshot_id: int, row_filter: Any, name: str) -> list[Any]:
+    """The scan's tasks of one snapshot (with ``row_filter``: those that may hold a match)."""
+    try:
+        scan = (
+            table.scan(snapshot_id=snapshot_id, row_filter=row_filter)
+            if row_filter is not None
+            else table.scan(snapshot_id=snapshot_id)
+        )
+        return list(scan.plan_files())
+    except Exception as exc:  # pyiceberg and its FileIO raise many kinds
+        raise InputError(
+            f"cannot plan {name}: {type(exc).__name__}: {first_line(exc)}",
+            "check the table's metadata and storage (credentials, endpoint)",
+        ) from None
 
 
 def _refuse_renamed(plan: InputPlan, schema: Any, name: str) -> None:

@@ -1,0 +1,266 @@
+"""``--where``: rows filtered before scoring, partitions pruned unread, for hive folders, Delta and
+Iceberg tables. Expected rows come from the libraries' own filtered reads (pyarrow datasets,
+deltalake, pyiceberg) and the model's own ``predict_proba``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pytest
+from typer.testing import CliRunner
+
+from batch_infer import run
+from batch_infer.cli import app
+from batch_infer.errors import ConfigError
+from batch_infer.inputs.where import parse_where
+
+from .conftest import FEATURES, churn_table, make_config, read_output, write_parquet
+
+DATES = ["2026-01-04", "2026-01-05", "2026-01-06"]
+
+
+@pytest.fixture
+def model(trained_models) -> Path:
+    return trained_models["binary"]
+
+
+@pytest.fixture
+def by_date(tmp_path: Path) -> Path:
+    """A hive folder by event_date: two files per day, 600 rows each, 250-row groups."""
+    root = tmp_path / "events"
+    table = churn_table(3_600, seed=5)
+    for index, day in enumerate(DATES):
+        for part in range(2):
+            rows = table.slice((2 * index + part) * 600, 600)
+            write_parquet(rows, root / f"event_date={day}" / f"part-{part}.parquet", 250)
+    return root
+
+
+def _expected(model: Path, rows: pa.Table) -> np.ndarray:
+    """The model's own probabilities for these rows, in customer_id order."""
+    rows = rows.sort_by("customer_id")
+    features = rows.select(FEATURES).to_pandas().astype("float64")  # as the model was fitted
+    return joblib.load(model).predict_proba(features)[:, 1]
+
+
+def _scored(out: Path) -> pa.Table:
+    return read_output(out).sort_by("customer_id")
+
+
+def test_where_on_the_hive_key_reads_only_matching_files(tmp_path, model, by_date):
+    out = tmp_path / "out"
+    report = run(make_config(by_date, out, model, input={"where": "event_date = '2026-01-05'"}))
+
+    manifest = json.loads((out / "_manifest.json").read_text())
+    read = sorted(Path(f["path"]).relative_to(by_date).as_posix() for f in manifest["inputs"])
+    assert read == ["event_date=2026-01-05/part-0.parquet", "event_date=2026-01-05/part-1.parquet"]
+    assert manifest["where"] == {"text": "event_date = '2026-01-05'", "files_pruned": 4}
+    assert manifest["rows_selected"] == 1_200
+    want = ds.dataset(by_date, partitioning="hive").to_table(
+        filter=pc.field("event_date") == "2026-01-05"
+    )
+    got = _scored(out)
+    assert got["customer_id"].to_pylist() == sorted(want["customer_id"].to_pylist())
+    np.testing.assert_allclose(got["probability"].to_numpy(), _expected(model, want))
+    assert report.rows_out == want.num_rows == 1_200
+
+    # a DATE literal against the hive key (text) reads the same files
+    out_date = tmp_path / "out-date"
+    run(make_config(by_date, out_date, model, input={"where": "event_date = DATE '2026-01-05'"}))
+    assert _scored(out_date)["customer_id"] == got["customer_id"]
+
+
+def test_where_on_data_columns_filters_rows_like_pyarrow(tmp_path, model, by_date):
+    text = "(region = 'north' OR region IN ('east')) AND age BETWEEN 30 AND 60 AND NOT tenure < 12"
+    out = tmp_path / "out"
+    report = run(make_config(by_date, out, model, input={"where": text}))
+
+    region, age, tenure = pc.field("region"), pc.field("age"), pc.field("tenure")
+    want = ds.dataset(by_date, partitioning="hive").to_table(
+        filter=((region == "north") | region.isin(["east"]))
+        & (age >= 30)
+        & (age <= 60)
+        & ~(tenure < 12)
+    )
+    got = _scored(out)
+    assert 0 < got.num_rows < 3_600
+    assert got["customer_id"].to_pylist() == sorted(want["customer_id"].to_pylist())
+    np.testing.assert_allclose(got["probability"].to_numpy(), _expected(model, want))
+    assert report.rows_in == 3_600  # rows read: no file is pruned by data columns
+    assert report.rows_out == want.num_rows
+
+
+def test_where_mixing_keys_and_data_prunes_only_what_cannot_match(tmp_path, model, by_date):
+    text = "event_date >= '2026-01-05' AND age > 50 OR event_date IS NULL"
+    out = tmp_path / "out"
+    run(make_config(by_date, out, model, input={"where": text}))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["where"]["files_pruned"] == 2
+    key = pc.field("event_date")
+    want = ds.dataset(by_date, partitioning="hive").to_table(
+        filter=((key >= "2026-01-05") & (pc.field("age") > 50)) | key.is_null()
+    )
+    assert _scored(out)["customer_id"].to_pylist() == sorted(want["customer_id"].to_pylist())
+
+
+def test_where_selecting_nothing_commits_an_empty_output(tmp_path, model, by_date):
+    for index, text in enumerate(["event_date = '1999-01-01'", "age > 1000"]):
+        out = tmp_path / f"out-{index}"
+        report = run(make_config(by_date, out, model, input={"where": text}))
+        assert report.rows_out == 0
+        assert (out / "_SUCCESS").exists()
+        got = read_output(out)
+        assert got.num_rows == 0
+        assert {"customer_id", "probability", "prediction"} <= set(got.column_names)
+
+
+def test_rejected_rows_keep_their_index_in_the_file(tmp_path, model):
+    """A row the model cannot take, behind rows --where dropped, is named by its file index."""
+    table = churn_table(500, seed=2)
+    charges = table["monthly_charges"].to_numpy().copy()
+    charges[300] = np.inf
+    table = table.set_column(
+        table.schema.get_field_index("monthly_charges"), "monthly_charges", pa.array(charges)
+    )
+    write_parquet(table, tmp_path / "in" / "a.parquet", 500)
+    out = tmp_path / "out"
+    run(
+        make_config(
+            tmp_path / "in",
+            out,
+            model,
+            input={"where": "customer_id >= 200"},
+            output={"max_reject_rows": 5},
+        )
+    )
+    rejects = ds.dataset(out / "_rejects", partitioning="hive").to_table()
+    assert rejects["reject_row_index"].to_pylist() == [300]
+    assert rejects["customer_id"].to_pylist() == [300]
+    assert read_output(out).num_rows == 299
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("age = 'old'", ["column 'age' is int32", "'old' is a string", "position 7"]),
+        ("agee > 3", ["no column 'agee'", "position 1", "columns: customer_id"]),
+        ("age > ", ["expected a column or a value", "position 6"]),
+        ("age > 3 AND (tenure < 2", ["expected ')'", "position 24"]),
+        ("region = 'north", ["unclosed quote", "position 10"]),
+        ("age = NULL", ["use IS NULL"]),
+        ("day = 'x'", ["column 'day' is int64", "'x' is a string"]),
+    ],
+)
+def test_bad_where_is_exit_2_naming_what_and_where(tmp_path, model, churn_input, text, words):
+    done = CliRunner().invoke(
+        app,
+        ["run", "-i", str(churn_input), "-m", str(model), "-o", str(tmp_path / "out")]
+        + ["--where", text],
+    )
+    assert done.exit_code == 2, done.output
+    lines = [line for line in done.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, done.output
+    assert "Traceback" not in done.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_validate_takes_where_and_refuses_a_bad_one(tmp_path, model, churn_input):
+    common = ["validate", "-i", str(churn_input), "-m", str(model), "-o", str(tmp_path / "o")]
+    assert CliRunner().invoke(app, [*common, "--where", "day = 2"]).exit_code == 0
+    done = CliRunner().invoke(app, [*common, "--where", "dya = 2"])
+    assert done.exit_code == 2 and "no column 'dya'" in done.output
+
+
+def test_parse_errors_before_reading_anything():
+    with pytest.raises(ConfigError, match="found .=. at position 7"):
+        parse_where("a = b = c")
+    assert parse_where("   ") is None
+
+
+def test_another_where_is_another_run_key(tmp_path, model, by_date):
+    """Two runs differing only by --where into one Delta table: both commit (none is taken for
+    the other, already committed); the table holds both selections."""
+    deltalake = pytest.importorskip("deltalake")
+    table = tmp_path / "scores"
+    texts = ["event_date = '2026-01-04'", "event_date = '2026-01-06'"]
+    for text in texts:
+        report = run(make_config(by_date, f"delta:{table}", model, input={"where": text}))
+        assert report.status == "committed" and report.rows_out == 1_200
+    assert deltalake.DeltaTable(str(table)).version() == 1  # two commits: versions 0 and 1
+    got = deltalake.DeltaTable(str(table)).to_pyarrow_table()
+    want = ds.dataset(by_date, partitioning="hive").to_table(
+        filter=pc.field("event_date").isin(["2026-01-04", "2026-01-06"])
+    )
+    assert sorted(got["customer_id"].to_pylist()) == sorted(want["customer_id"].to_pylist())
+
+
+def test_delta_input_where_prunes_by_partition_values(tmp_path, model):
+    deltalake = pytest.importorskip("deltalake")
+    table = churn_table(3_000, seed=4)
+    table = table.append_column("day", pa.array([1 + i % 3 for i in range(3_000)], pa.int64()))
+    source = tmp_path / "source"
+    deltalake.write_deltalake(str(source), table, partition_by=["day"])
+
+    out = tmp_path / "out"
+    run(make_config(f"delta:{source}", out, model, input={"where": "day IN (1, 3) AND age < 40"}))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert {Path(f["path"]).parent.name for f in manifest["inputs"]} == {"day=1", "day=3"}
+    assert manifest["where"]["files_pruned"] == 1
+    want = deltalake.DeltaTable(str(source)).to_pyarrow_table(
+        filters=pc.field("day").isin([1, 3]) & (pc.field("age") < 40)
+    )
+    got = _scored(out)
+    assert got["customer_id"].to_pylist() == sorted(want["customer_id"].to_pylist())
+    np.testing.assert_allclose(got["probability"].to_numpy(), _expected(model, want))
+
+
+def test_iceberg_input_where_goes_to_the_scan(tmp_path, model, monkeypatch):
+    pytest.importorskip("pyiceberg")
+    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+    from pyiceberg.transforms import IdentityTransform
+
+    monkeypatch.setenv("PYICEBERG_HOME", str(tmp_path / "no-pyiceberg-home"))
+    for name in [n for n in os.environ if n.startswith("PYICEBERG_CATALOG")]:
+        monkeypatch.delenv(name)
+    warehouse = tmp_path / "warehouse"
+    warehouse.mkdir()
+    catalog = SqlCatalog(
+        "default", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}"
+    )
+    catalog.create_namespace("db")
+    rows = churn_table(3_000, seed=6)
+    rows = rows.append_column("day", pa.array([1 + i % 3 for i in range(3_000)], pa.int64()))
+    created = catalog.create_table("db.events", schema=rows.schema)
+    with created.update_spec() as spec:
+        spec.add_field("day", IdentityTransform(), "day")
+    catalog.load_table("db.events").append(rows)
+
+    out = tmp_path / "out"
+    config = make_config(
+        "iceberg:db.events",
+        out,
+        model,
+        input={"where": "day >= 2 AND tenure < 30"},
+        catalog={"warehouse": str(warehouse)},
+    )
+    run(config)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert len(manifest["inputs"]) == 2 and manifest["where"]["files_pruned"] == 1
+    want = (
+        catalog.load_table("db.events")
+        .scan(row_filter=And(GreaterThanOrEqual("day", 2), LessThan("tenure", 30)))
+        .to_arrow()
+    )
+    got = _scored(out)
+    assert got["customer_id"].to_pylist() == sorted(want["customer_id"].to_pylist())
+    np.testing.assert_allclose(got["probability"].to_numpy(), _expected(model, want))
