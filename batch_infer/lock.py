@@ -1,5 +1,9 @@
 """One run at a time per output: a lock file in the output root, changed only by compare-and-swap.
 
+A target may name its own lock file (``lock_path``) and what it guards (``lock_scope``): a table
+locks each run key, not the table, since the table's own optimistic concurrency orders commits
+of different runs while the same run key twice must still wait.
+
 ``_batch_infer.lock`` names the run, pid, host and start time for the message a second run
 prints. Every change to it is conditional on the version last seen, so two hosts can never both
 hold it: on S3 a conditional PUT (If-None-Match: * to create it, If-Match: <ETag> to take over a
@@ -40,6 +44,16 @@ class _Target(Protocol):
     fs: fsspec.AbstractFileSystem
     root: str
     url: str
+
+
+def lock_path(target: _Target) -> str:
+    """The lock file guarding ``target``: its own ``lock_path``, else ``<root>/_batch_infer.lock``."""
+    return getattr(target, "lock_path", None) or storage.join(target.root, LOCK)
+
+
+def _scope(target: _Target) -> str:
+    """What the lock guards, for messages: the output, or a table's run key."""
+    return getattr(target, "lock_scope", None) or target.url
 
 
 @dataclass(frozen=True)
@@ -243,7 +257,7 @@ class OutputLock:
 
     @property
     def path(self) -> str:
-        return storage.join(self.target.root, LOCK)
+        return lock_path(self.target)
 
     def start_heartbeat(self) -> None:
         def beat() -> None:
@@ -284,7 +298,7 @@ class OutputLock:
                 else "another run"
             )
             raise LockedError(
-                f"{self.target.url}: the output lock of run {self.record['run_id']} was taken "
+                f"{_scope(self.target)}: the output lock of run {self.record['run_id']} was taken "
                 f"over by {taker} while this run stalled; nothing was committed",
                 "retry later: that run now writes this output",
             )
@@ -344,7 +358,7 @@ def acquire(target: _Target, run_id: str, *, host: str | None = None) -> OutputL
         "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     store = _store(target.fs)
-    path = storage.join(target.root, LOCK)
+    path = lock_path(target)
     data = _encode(record)
     for _ in range(5):
         token = store.create(path, data)
@@ -360,7 +374,7 @@ def acquire(target: _Target, run_id: str, *, host: str | None = None) -> OutputL
             return _held(target, record, seen.token, store)
         if not _is_stale(seen, host):
             raise LockedError(
-                f"{target.url} is locked by run {seen.holder.get('run_id')} (pid "
+                f"{_scope(target)} is locked by run {seen.holder.get('run_id')} (pid "
                 f"{seen.holder.get('pid')} on {seen.holder.get('host')}) since "
                 f"{seen.holder.get('since')}",
                 "wait for that run to finish, then retry; a lock whose process died is taken over",
@@ -375,7 +389,7 @@ def acquire(target: _Target, run_id: str, *, host: str | None = None) -> OutputL
         if token is not None:
             return _held(target, record, token, store)
         # another run took it over (or refreshed it) first: look again
-    raise LockedError(f"{target.url}: could not take the output lock", "retry the run")
+    raise LockedError(f"{_scope(target)}: could not take the output lock", "retry the run")
 
 
 def _held(target: _Target, record: dict[str, Any], token: Any, store: _Store) -> OutputLock:

@@ -174,3 +174,33 @@ def moto_s3(tmp_path_factory):
             s3fs.S3FileSystem.clear_instance_cache()
             server.terminate()
             server.wait(timeout=10)
+
+
+# -- runs side by side --------------------------------------------------------------------------
+
+
+def start(args: list[str], cwd: Path | None = None, **extra_env: str) -> subprocess.Popen:
+    """The real CLI in a subprocess left running (``finish`` waits for it)."""
+    return subprocess.Popen(
+        args,
+        cwd=cwd or REPO,
+        env=env(**extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def no_staging_left(side: Path) -> bool:
+    """Whether a table's side folder holds no run key's staging (the empty ``_staging`` folder
+    itself may stay: another run key may be creating its own in it)."""
+    return not any((side / "_staging").glob("*"))
+
+
+def staging_keys(side: Path) -> list[str]:
+    return sorted(p.name for p in (side / "_staging").glob("*"))

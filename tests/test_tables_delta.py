@@ -22,6 +22,7 @@ from .tables_helpers import (  # noqa: E402
     error_line,
     files_under,
     folder_reference,
+    no_staging_left,
 )
 from .tables_helpers import moto_s3 as _moto_s3  # noqa: E402
 
@@ -72,7 +73,7 @@ def test_run_into_a_new_delta_table_gives_the_folder_rows_in_one_commit(
     assert len(runs) == 1 and len(runs[0][1]) == 16
     assert delta.transaction_version(f"batch-infer:{runs[0][1]}") is not None
     assert files_under(table) == _named_files(str(table))
-    assert not (table / "_batch_infer" / "_staging").exists()
+    assert no_staging_left(table / "_batch_infer")
     assert (table / "_batch_infer" / "_manifests" / f"{runs[0][2]}.json").exists()
 
 
@@ -132,7 +133,7 @@ def test_kill_around_the_commit_never_commits_twice(tmp_path, churn_input, model
         deltalake.DeltaTable(str(table)).to_pyarrow_table(),
         folder_reference(tmp_path, churn_input, model),
     )
-    assert not (table / "_batch_infer" / "_staging").exists()
+    assert no_staging_left(table / "_batch_infer")
 
 
 def test_same_run_again_fails_or_skips_and_other_dates_append(tmp_path, churn_input, model):

@@ -24,6 +24,7 @@ from .tables_helpers import (  # noqa: E402
     error_line,
     files_under,
     folder_reference,
+    no_staging_left,
 )
 from .tables_helpers import moto_s3 as _moto_s3  # noqa: E402
 
@@ -108,7 +109,7 @@ def test_run_into_a_new_iceberg_table_gives_the_folder_rows_in_one_snapshot(
     runs = _runs(workdir)
     assert len(runs) == 1 and runs[0][1] == "append" and len(runs[0][2]) == 16
     assert files_under(_data(workdir)) == _named_files(workdir)
-    assert not (workdir / "warehouse" / "db" / "scores" / "_batch_infer" / "_staging").exists()
+    assert no_staging_left(workdir / "warehouse" / "db" / "scores" / "_batch_infer")
 
 
 def test_kill_while_scoring_leaves_no_table_then_the_rerun_commits_once(

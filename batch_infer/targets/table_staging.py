@@ -15,6 +15,8 @@ while a commit names it.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import logging
 import posixpath
@@ -29,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import failpoints, storage
+from .. import failpoints, lock, storage
 from ..config import OutputConfig
 from ..errors import ConfigError, LockedError, OutputConflictError, first_line
 from .base import OutputFile
@@ -46,10 +48,12 @@ log = logging.getLogger(__name__)
 
 SIDE = "_batch_infer"  # the side folder inside the table: lock, run records, manifests
 MANIFESTS = "_manifests"
+LOCKS = "_locks"  # in the side folder: one lock file per run key
 ATTEMPTS = "_attempts"  # in a run's staging: a marker per fragment attempt (its file nonce)
 SCHEMA = "_schema.arrow"  # in a run's staging: the output schema its fragments were written with
 EMPTY = "_empty"  # stands for "no rows": a table commit adds no file for it
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+ABANDONED_AFTER = 24 * 3600.0  # seconds a run that never committed is left before cleanup
 COMMIT_ATTEMPTS = 4  # table commits tried against a newer version before LockedError
 RUN_KEY = "batch-infer.run-key"
 RUN_ID = "batch-infer.run-id"
@@ -431,17 +435,103 @@ class TableTarget(FolderTarget):
         super().discard_unrecorded(done)
 
     def discard_staging(self, key: str | None = None) -> None:
-        """Drop a run's records and the data files no commit names (this run's by default)."""
+        """Drop a run's records and the data files no commit names (this run's by default).
+
+        A run key the table holds keeps its data files: an older version may name one that a
+        later overwrite removed (time travel)."""
+        key = key or self.staging_key
         try:
-            stale = self._orphans(key or self.staging_key, set())
-            if stale:
-                self._delete(stale)
+            if self.table_committed(key) is None:
+                stale = self._orphans(key, set())
+                if stale:
+                    self._delete(stale)
         except OSError as exc:  # cleanup must never hide the real outcome
             log.warning("could not remove staged data files: %s", first_line(exc))
-        super().discard_staging(key)
+        self._drop_records(key)
+
+    def _drop_records(self, key: str) -> None:
+        """Remove a run key's staging folder, never the ``_staging`` parent: another run key
+        may be creating its own folder in it right now."""
+        folder = storage.join(self.root, STAGING, key)
+        try:
+            storage.abort_multipart_uploads(self.fs, folder)
+            if self.fs.exists(folder):
+                self.fs.rm(folder, recursive=True)
+        except OSError as exc:  # cleanup must never hide the real outcome
+            log.warning("could not remove staging folder %s: %s", folder, first_line(exc))
+
+    def clean_abandoned(self) -> list[str]:
+        """After a successful commit: remove what runs of other run keys left that never
+        committed and did nothing for ``ABANDONED_AFTER`` (a day): their staging folder and the
+        data files of their noted attempts that the table does not name. Each is removed holding
+        that run key's lock, so a run that is alive (or resumed meanwhile) is never touched; a
+        run key the table holds (killed after its commit) is left to its own rerun. Returns the
+        run keys cleaned."""
+        fs, parent = self.fs, storage.join(self.root, STAGING)
+        try:
+            if not fs.isdir(parent):
+                return []
+            keys = sorted(
+                k
+                for k in (posixpath.basename(p.rstrip("/")) for p in fs.ls(parent, detail=False))
+                if k != self.staging_key and not k.startswith((".", "_"))
+            )
+            idle = [k for k in keys if self._idle_for(k) > ABANDONED_AFTER]
+        except OSError as exc:
+            log.warning("could not look for abandoned runs: %s", first_line(exc))
+            return []
+        cleaned = []
+        for key in idle:
+            other = dataclasses.replace(self, staging_key=key)
+            try:
+                if self.table_committed(key) is not None:
+                    continue  # killed after its commit: its rerun says so and finishes it
+                held = lock.acquire(other, f"cleanup-by-{self.staging_key}")
+            except (LockedError, OSError) as exc:
+                log.info("leaving run key %s alone: %s", key, first_line(exc))
+                continue
+            try:
+                if other._idle_for(key) <= ABANDONED_AFTER:
+                    continue  # resumed between our look and the lock
+                other.discard_staging()
+                cleaned.append(key)
+            finally:
+                held.release()
+        if cleaned:
+            log.info(
+                "removed the staged files of %d run(s) that never committed: %s",
+                len(cleaned),
+                ", ".join(cleaned),
+            )
+        return cleaned
+
+    def _idle_for(self, key: str) -> float:
+        """Seconds since anything in run key ``key``'s staging folder last changed."""
+        found = self.fs.find(storage.join(self.root, STAGING, key), detail=True)
+        newest = max((_modified(info) for info in found.values()), default=0.0)
+        return time.time() - newest
+
+    # -- one lock per run key ------------------------------------------------------------------
+    @property
+    def lock_path(self) -> str:
+        """Each run key has its own lock: runs of other run keys (other dates) stage and commit
+        side by side, ordered by the table's optimistic concurrency and our bounded retry; the
+        same run key twice still waits (exit 75)."""
+        return storage.join(self.root, LOCKS, f"{self.staging_key}.lock")
+
+    @property
+    def lock_scope(self) -> str:
+        return f"{self.url} (run key {self.staging_key})"
+
+    def other_stagings(self) -> list[str]:
+        """None: another run key's staging is another run into the table (another date, input
+        or model), maybe running right now, never this run's predecessor to discard. Abandoned
+        ones are removed by age after a successful commit (``clean_abandoned``)."""
+        return []
 
     def abort_unfinished_uploads(self) -> None:
-        super().abort_unfinished_uploads()
+        """Uploads left open in this run key's own staging only: other run keys' are theirs."""
+        storage.abort_multipart_uploads(self.fs, self.staging)
 
     # -- committing ---------------------------------------------------------------------------
     def is_committed(self) -> bool:
@@ -616,8 +706,22 @@ class TableTarget(FolderTarget):
         return intent
 
     def finish_cleanup(self, intent: dict[str, Any]) -> None:
-        """After the table commit: drop the run's records (its data files are the table's now)."""
-        super().discard_staging()
+        """After the table commit: drop the run's records (its data files are the table's now),
+        then what abandoned runs of other run keys left (``clean_abandoned``)."""
+        self._drop_records(self.staging_key)
+        self.clean_abandoned()
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """A listing entry's modification time in seconds (local ``mtime``, S3 ``LastModified``)."""
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if value is None:
+        return time.time()  # unknown: taken as now, so never old enough to remove
+    if hasattr(value, "timestamp"):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.timestamp()
+    return float(value)
 
 
 class CommitConflict(Exception):

@@ -1,0 +1,227 @@
+"""Table commits side by side and cleanup: runs of other run keys into one Delta or Iceberg table
+at the same time both land, each once; the same run key twice is locked out; what abandoned
+runs left is removed by a later successful run, by age and only under the abandoned run's own
+lock. Real CLI processes, read back with deltalake and pyiceberg."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+deltalake = pytest.importorskip("deltalake")
+pytest.importorskip("pyiceberg")
+
+from pyiceberg.catalog.sql import SqlCatalog  # noqa: E402
+
+from batch_infer import lock  # noqa: E402
+from batch_infer.targets.delta import open_delta  # noqa: E402
+
+from .tables_helpers import (  # noqa: E402
+    assert_same_rows,
+    cli,
+    command,
+    error_line,
+    files_under,
+    finish,
+    folder_reference,
+    no_staging_left,
+    staging_keys,
+    start,
+)
+
+RUN_KEY = "batch-infer.run-key"
+DATES = ("2026-02-01", "2026-02-02")
+TWO_DAYS = 2 * 24 * 3600
+
+
+@pytest.fixture
+def model(trained_models) -> Path:
+    return trained_models["binary"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """Where Iceberg runs start (their ./warehouse), with no pyiceberg configuration of the user's."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.setenv("PYICEBERG_HOME", str(tmp_path / "no-pyiceberg-home"))
+    for name in [n for n in os.environ if n.startswith("PYICEBERG_CATALOG")]:
+        monkeypatch.delenv(name)
+    return folder
+
+
+def _delta_runs(table: Path) -> list[tuple[int, str]]:
+    """(version, run key) of each commit carrying a batch-infer run key, oldest first."""
+    history = deltalake.DeltaTable(str(table)).history()
+    return sorted((e["version"], e[RUN_KEY]) for e in history if RUN_KEY in e)
+
+
+def _by_date(table: pa.Table, date: str) -> pa.Table:
+    rows = pl.from_arrow(table)
+    return rows.filter(pl.col("predicted_at").dt.date().cast(pl.String) == date).to_arrow()
+
+
+def _age(paths: list[Path], seconds: float) -> None:
+    then = time.time() - seconds
+    for path in paths:
+        os.utime(path, (then, then))
+
+
+def test_two_runs_into_one_delta_table_at_once_both_land_once(tmp_path, churn_input, model):
+    table = tmp_path / "scores"
+    running = [start(command(churn_input, f"delta:{table}", model, run_date=d)) for d in DATES]
+    results = [finish(p) for p in running]
+    for result in results:
+        assert result.returncode == 0, result.stderr
+
+    runs = _delta_runs(table)
+    assert len(runs) == 2 and runs[0][1] != runs[1][1]  # one commit per run, none lost
+    assert len(deltalake.DeltaTable(str(table)).history()) == 2  # nothing else committed
+    rows = deltalake.DeltaTable(str(table)).to_pyarrow_table()
+    assert rows.num_rows == 10_000
+    for date in DATES:
+        assert_same_rows(
+            _by_date(rows, date), folder_reference(tmp_path, churn_input, model, run_date=date)
+        )
+    named = set(
+        pa.table(deltalake.DeltaTable(str(table)).get_add_actions(flatten=True))
+        .column("path")
+        .to_pylist()
+    )
+    assert files_under(table) == named
+    assert no_staging_left(table / "_batch_infer")
+    assert not any((table / "_batch_infer" / "_locks").glob("*"))
+
+
+def test_the_lock_is_per_run_key_another_date_commits_the_same_key_waits(
+    tmp_path, churn_input, model
+):
+    """Run A killed, its lock then held live (by this test); run B of another date commits
+    meanwhile; A itself is refused (exit 75, naming the holder) until the lock is free, then
+    resumes and commits once."""
+    table = tmp_path / "scores"
+    args_a = command(churn_input, f"delta:{table}", model, run_date=DATES[0])
+    killed = cli(args_a, BATCH_INFER_FAILPOINT="between-fragments")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (key_a,) = staging_keys(table / "_batch_infer")
+    held = lock.acquire(open_delta(f"delta:{table}", {}, key_a), "run-holding-a")
+    try:
+        other = cli(command(churn_input, f"delta:{table}", model, run_date=DATES[1]))
+        assert other.returncode == 0, other.stderr
+        again = cli(args_a)
+        assert again.returncode == 75, again.stderr
+        assert error_line(again).startswith(
+            f"Error: delta:{table} (run key {key_a}) is locked by run run-holding-a (pid "
+            f"{os.getpid()} on "
+        )
+        assert staging_keys(table / "_batch_infer") == [key_a]  # the other run left it alone
+    finally:
+        held.release()
+    resumed = cli(args_a)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already staged" in resumed.stderr
+    runs = _delta_runs(table)
+    assert [key for _, key in runs].count(key_a) == 1 and len(runs) == 2
+    rows = deltalake.DeltaTable(str(table)).to_pyarrow_table()
+    for date in DATES:
+        assert_same_rows(
+            _by_date(rows, date), folder_reference(tmp_path, churn_input, model, run_date=date)
+        )
+
+
+def test_two_runs_into_one_iceberg_table_at_once_both_land_once(
+    tmp_path, workdir, churn_input, model
+):
+    running = [
+        start(command(churn_input, "iceberg:db.scores", model, run_date=d), cwd=workdir)
+        for d in DATES
+    ]
+    results = [finish(p) for p in running]
+    for result in results:
+        assert result.returncode == 0, result.stderr
+
+    warehouse = workdir / "warehouse"
+    catalog = SqlCatalog(
+        "default", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}"
+    )
+    table = catalog.load_table("db.scores")
+    keys = [s.summary[RUN_KEY] for s in table.snapshots()]
+    assert len(keys) == 2 and len(set(keys)) == 2  # one snapshot per run, nothing else
+    rows = table.scan().to_arrow()
+    assert rows.num_rows == 10_000
+    for date in DATES:
+        assert_same_rows(
+            _by_date(rows, date), folder_reference(tmp_path, churn_input, model, run_date=date)
+        )
+    data = warehouse / "db" / "scores" / "data"
+    named = {
+        t.file.file_path.removeprefix("file://").removeprefix(f"{data}/")
+        for t in table.scan().plan_files()
+    }
+    assert files_under(data) == named
+    assert no_staging_left(warehouse / "db" / "scores" / "_batch_infer")
+
+
+def test_a_successful_run_removes_only_old_unlocked_leftovers_of_runs_that_never_committed(
+    tmp_path, churn_input, model
+):
+    """Three killed runs: one two days old (removed by the next successful run, data files,
+    records and stale lock), one as old but whose lock is live (kept), one fresh (kept). Every
+    file a table version names stays: time travel to the first version reads the same rows."""
+    table = tmp_path / "scores"
+    side = table / "_batch_infer"
+    first = cli(command(churn_input, f"delta:{table}", model, run_date="2026-01-31"))
+    assert first.returncode == 0, first.stderr
+    version0 = deltalake.DeltaTable(str(table)).to_pyarrow_table()
+
+    def killed_run(date: str) -> tuple[str, set[str]]:
+        before = set(staging_keys(side))
+        done = cli(
+            command(churn_input, f"delta:{table}", model, run_date=date),
+            BATCH_INFER_FAILPOINT="between-fragments",
+        )
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        (key,) = set(staging_keys(side)) - before
+        files = {p for p in files_under(table) if f"part-{key}-" in p}
+        assert files  # some fragments were staged before the kill
+        return key, files
+
+    old, old_files = killed_run("2026-02-03")
+    locked, locked_files = killed_run("2026-02-04")
+    fresh, fresh_files = killed_run("2026-02-05")
+    for key, files in ((old, old_files), (locked, locked_files)):
+        _age([table / f for f in files], TWO_DAYS)
+        _age([p for p in (side / "_staging" / key).rglob("*")], TWO_DAYS)
+    assert (side / "_locks" / f"{old}.lock").exists()  # left by the SIGKILL, its pid dead
+    held = lock.acquire(open_delta(f"delta:{table}", {}, locked), "run-still-alive")
+    try:
+        done = cli(command(churn_input, f"delta:{table}", model, run_date=DATES[1]))
+        assert done.returncode == 0, done.stderr
+        assert f"removed the staged files of 1 run(s) that never committed: {old}" in done.stderr
+    finally:
+        held.release()
+
+    assert staging_keys(side) == sorted([locked, fresh])
+    assert not (side / "_locks" / f"{old}.lock").exists()
+    on_disk = files_under(table)
+    assert not old_files & on_disk
+    assert locked_files <= on_disk and fresh_files <= on_disk
+    named = set(
+        pa.table(deltalake.DeltaTable(str(table)).get_add_actions(flatten=True))
+        .column("path")
+        .to_pylist()
+    )
+    assert on_disk == named | locked_files | fresh_files
+    assert deltalake.DeltaTable(str(table), version=0).to_pyarrow_table().equals(version0)
+    rows = deltalake.DeltaTable(str(table)).to_pyarrow_table()
+    assert rows.num_rows == 10_000
+    assert_same_rows(
+        _by_date(rows, DATES[1]),
+        folder_reference(tmp_path, churn_input, model, run_date=DATES[1]),
+    )
