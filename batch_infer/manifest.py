@@ -68,6 +68,8 @@ def run_report(prepared: PreparedRun, manifest: dict[str, Any], started: float) 
         predicted_at=manifest.get("predicted_at", prepared.spec.predicted_at.isoformat()),
         run_date=prepared.config.run_date.isoformat() if prepared.config.run_date else None,
         table_commit=manifest.get("table_commit"),
+        where=prepared.plan.where,
+        rows_selected=manifest.get("rows_selected"),
     )
 
 

@@ -31,6 +31,8 @@ class RunReport:
     task_retries: int | None = None
     worker_peak_rss_mib: float | None = None
     table_commit: str | None = None  # "version 4" / "snapshot 123…" when the output is a table
+    where: str | None = None  # --where: rows_in were read, rows_selected scored or rejected
+    rows_selected: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         from importlib.metadata import version
@@ -45,6 +47,11 @@ class RunReport:
             [
                 f"Committed {self.rows_out:,} rows to {self.output}",
                 f"  input     {self.rows_in:,} rows in {self.files_in} file(s), {self.fragments} row group(s)",
+                *(
+                    [f"  where     {self.rows_selected:,} rows selected by {self.where}"]
+                    if self.where is not None and self.rows_selected is not None
+                    else []
+                ),
                 f"  output    {self.files_out} data file(s) in {self.table_commit}"
                 if self.table_commit
                 else f"  output    {self.files_out} Parquet file(s), _manifest.json, _SUCCESS",

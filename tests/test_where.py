@@ -70,6 +70,8 @@ def test_where_on_the_hive_key_reads_only_matching_files(tmp_path, model, by_dat
     assert got["customer_id"].to_pylist() == sorted(want["customer_id"].to_pylist())
     np.testing.assert_allclose(got["probability"].to_numpy(), _expected(model, want))
     assert report.rows_out == want.num_rows == 1_200
+    assert (report.rows_in, report.rows_selected) == (1_200, 1_200)  # pruned files are not read
+    assert "1,200 rows selected by event_date = '2026-01-05'" in report.summary()
 
     # a DATE literal against the hive key (text) reads the same files
     out_date = tmp_path / "out-date"
@@ -94,7 +96,7 @@ def test_where_on_data_columns_filters_rows_like_pyarrow(tmp_path, model, by_dat
     assert got["customer_id"].to_pylist() == sorted(want["customer_id"].to_pylist())
     np.testing.assert_allclose(got["probability"].to_numpy(), _expected(model, want))
     assert report.rows_in == 3_600  # rows read: no file is pruned by data columns
-    assert report.rows_out == want.num_rows
+    assert report.rows_out == report.rows_selected == want.num_rows
 
 
 def test_where_mixing_keys_and_data_prunes_only_what_cannot_match(tmp_path, model, by_date):
