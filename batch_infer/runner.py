@@ -39,6 +39,7 @@ from .manifest import (
     run_report,
     statistics_columns,
 )
+from .observe.datasets import note_tables
 from .observe.facts import RunFacts
 from .observe.publish import output_name, published
 from .planning import PreparedRun, prepare_run
@@ -70,7 +71,9 @@ def run(
     redaction.remember_config(config.model_dump(mode="json"))  # masked wherever they appear
     facts = facts or RunFacts(job=output_name(config.output.path))
     with published(config, facts), _store_errors():
-        return _run(config, progress, cancel, facts)
+        report = _run(config, progress, cancel, facts)
+        facts.table_commit = report.table_commit  # committed now, or found committed
+        return report
 
 
 def validate(config: RunConfig) -> ValidationReport:
@@ -104,6 +107,7 @@ def _run(
         prepared = prepare_run(config)
     prepared.facts = facts
     note_plan(facts, prepared)
+    note_tables(facts, config, prepared.plan.version)
     target = prepared.target
     if target.committed_but_not_cleaned() is not None:
         return noted(facts, _finish_cleanup(prepared, started))

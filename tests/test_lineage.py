@@ -255,3 +255,78 @@ def test_run_that_fails_sends_fail(sample_copy, tmp_path, receiver):
     check_event(fail, "FAIL")
     assert fail["run"]["runId"] == start["run"]["runId"]
     assert "does not exist" in fail["run"]["facets"]["errorMessage"]["message"]
+
+
+# tables: named per the naming spec ------------------------------------------------------------
+
+
+def test_table_dataset_names(tmp_path, monkeypatch):
+    """Delta: where the table is (``file`` + absolute path, ``s3://bucket`` + key), the version
+    dropped; Iceberg: the catalog's namespace and NAMESPACE.TABLE."""
+    from batch_infer.config import CatalogConfig
+    from batch_infer.observe.datasets import catalog_namespace
+
+    monkeypatch.chdir(tmp_path)
+    assert lineage.dataset_name("delta:tables/scores@3") == ("file", f"{tmp_path}/tables/scores")
+    assert lineage.dataset_name("delta:s3://lake/tables/scores") == ("s3://lake", "tables/scores")
+    assert lineage.dataset_name("delta:s3a://user:pw@lake/t@12") == ("s3://lake", "t")
+    assert lineage.dataset_name("iceberg:db.scores@61", "hive://meta:9083") == (
+        "hive://meta:9083",
+        "db.scores",
+    )
+    monkeypatch.setenv("PYICEBERG_HOME", str(tmp_path / "no-pyiceberg-home"))
+    for name in [n for n in __import__("os").environ if n.startswith("PYICEBERG_CATALOG")]:
+        monkeypatch.delenv(name)
+    assert catalog_namespace(CatalogConfig(warehouse="wh")) == f"sqlite:///{tmp_path}/wh/catalog.db"
+    rest = CatalogConfig(properties={"uri": "https://ops:s3cret@catalog.example.com/api/"})
+    assert catalog_namespace(rest) == "https://catalog.example.com/api"
+    monkeypatch.setenv("PYICEBERG_CATALOG__PROD__URI", "thrift://metastore:9083")
+    assert catalog_namespace(CatalogConfig(name="prod")) == "hive://metastore:9083"
+
+
+def test_a_run_from_a_delta_version_into_an_iceberg_table(
+    tmp_path, receiver, monkeypatch, trained_models
+):
+    """The real CLI reads ``delta:T@0`` and commits to ``iceberg:db.scores``: the input is the
+    Delta table (not its files) with the version read, the output the Iceberg table in its
+    catalog's namespace with the snapshot the run committed."""
+    deltalake = pytest.importorskip("deltalake")
+    pytest.importorskip("pyiceberg")
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from .conftest import churn_table
+    from .tables_helpers import cli
+
+    monkeypatch.setenv("PYICEBERG_HOME", str(tmp_path / "no-pyiceberg-home"))
+    for name in [n for n in __import__("os").environ if n.startswith("PYICEBERG_CATALOG")]:
+        monkeypatch.delenv(name)
+    source = tmp_path / "source"
+    rows = churn_table(2_000, seed=4)
+    deltalake.write_deltalake(str(source), rows.slice(0, 1_000))
+    deltalake.write_deltalake(str(source), rows.slice(1_000), mode="append")
+    warehouse = tmp_path / "warehouse"
+    done = cli(
+        [
+            __import__("sys").executable, "-m", "batch_infer", "run",
+            "--input", f"delta:{source}@0", "--output", "iceberg:db.scores",
+            "--model", str(trained_models["binary"]), "--warehouse", str(warehouse),
+            "--openlineage-url", receiver.url,
+        ]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    start, complete = receiver.events
+    assert complete["eventType"] == "COMPLETE"
+    for dataset in complete["inputs"] + complete["outputs"]:
+        check_facets(dataset["facets"])
+    [source_dataset] = complete["inputs"]
+    assert (source_dataset["namespace"], source_dataset["name"]) == ("file", str(source))
+    assert source_dataset["facets"]["version"]["datasetVersion"] == "0"
+    assert source_dataset["inputFacets"]["inputStatistics"]["rowCount"] == 1_000
+    [target] = complete["outputs"]
+    namespace = f"sqlite:///{warehouse}/catalog.db"
+    assert (target["namespace"], target["name"]) == (namespace, "db.scores")
+    catalog = SqlCatalog("default", uri=namespace, warehouse=f"file://{warehouse}")
+    snapshot = catalog.load_table("db.scores").current_snapshot()
+    assert target["facets"]["version"]["datasetVersion"] == str(snapshot.snapshot_id)
+    assert target["outputFacets"]["outputStatistics"]["rowCount"] == 1_000

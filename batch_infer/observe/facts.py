@@ -50,6 +50,12 @@ class RunFacts:
     statistics: dict[str, Any] | None = None  # observe.statistics sketch, as a dict
     drift: dict[str, float] | None = None  # PSI by feature/output against the baseline run
     baseline_run_id: str | None = None  # the previous committed run drift compares with
+    # tables (observe.datasets.note_tables): the input table, the version/snapshot read, the
+    # output table's commit ("version 4", "snapshot 61…"), the Iceberg catalog's lineage namespace
+    input_table: str | None = None
+    input_version: dict[str, Any] | None = None
+    table_commit: str | None = None
+    catalog_namespace: str | None = None
     # not part of to_dict: the committed manifest (holds these facts) and the baseline's sketch
     manifest: dict[str, Any] | None = field(default=None, repr=False)
     baseline: dict[str, Any] | None = field(default=None, repr=False)

@@ -15,11 +15,12 @@ import posixpath
 from collections import defaultdict
 from datetime import UTC, datetime
 from importlib.metadata import version
-from urllib.parse import urlsplit
+from typing import Any
 
 from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
 from openlineage.client.facet_v2 import (
+    dataset_version_dataset,
     error_message_run,
     input_statistics_input_dataset,
     job_type_job,
@@ -31,6 +32,7 @@ from openlineage.client.transport.http import HttpConfig, HttpTransport
 from openlineage.client.uuid import generate_new_uuid
 
 from ..redaction import split_userinfo
+from .datasets import dataset_name
 from .facts import RunFacts
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,6 @@ DEFAULT_NAMESPACE = "batch-infer"
 SUCCEEDED = ("committed", "skipped")
 # Fewer retries than the client's default (5, ~9 s): a batch job should not wait long on lineage.
 RETRY = {"total": 3, "connect": 3, "read": 3, "backoff_factor": 0.3}
-SCHEMES = {"s3a": "s3", "s3n": "s3", "gcs": "gs"}  # fsspec aliases -> OpenLineage's names
 
 
 def emit_start(facts: RunFacts, url: str | None) -> None:
@@ -129,15 +130,24 @@ def _event(facts: RunFacts, state: RunState, when: float) -> RunEvent:
 
 
 def _inputs(facts: RunFacts, ended: bool) -> list[InputDataset]:
-    """One dataset per place the input files are in: their common folder, not every file."""
+    """One dataset per place the input files are in: their common folder, not every file; a
+    table input is the table (its version or snapshot read in the ``version`` facet)."""
     places: dict[str, list[str]] = defaultdict(list)
-    for url in facts.inputs:
+    if facts.input_table:
+        namespace, name = dataset_name(facts.input_table, facts.catalog_namespace)
+        places[namespace].append(name)
+    for url in [] if facts.input_table else facts.inputs:
         namespace, name = dataset_name(url)
         places[namespace].append(name)
     datasets = []
     for namespace, names in places.items():
         name = names[0] if len(names) == 1 else posixpath.commonpath(names)
-        facets = {}
+        facets: dict[str, Any] = {}
+        read = _version_read(facts.input_version)
+        if read is not None:
+            facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(
+                datasetVersion=read, producer=PRODUCER
+            )
         if ended and len(places) == 1:
             facets["inputStatistics"] = (
                 input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
@@ -147,15 +157,34 @@ def _inputs(facts: RunFacts, ended: bool) -> list[InputDataset]:
                     producer=PRODUCER,
                 )
             )
-        datasets.append(InputDataset(namespace=namespace, name=name, inputFacets=facets))
+        input_facets = {k: v for k, v in facets.items() if k != "version"}
+        dataset_facets = {k: v for k, v in facets.items() if k == "version"}
+        datasets.append(
+            InputDataset(
+                namespace=namespace, name=name, facets=dataset_facets, inputFacets=input_facets
+            )
+        )
     return datasets
+
+
+def _version_read(version: dict[str, Any] | None) -> str | None:
+    """A table input's version (Delta) or snapshot id (Iceberg), as text."""
+    if not version:
+        return None
+    value = version.get("version", version.get("snapshot"))
+    return None if value is None else str(value)
 
 
 def _outputs(facts: RunFacts, ended: bool) -> list[OutputDataset]:
     if not facts.output:
         return []
-    namespace, name = dataset_name(facts.output)
+    namespace, name = dataset_name(facts.output, facts.catalog_namespace)
     facets = {}
+    dataset_facets = {}
+    if ended and facts.table_commit:  # "version 4" / "snapshot 61…": the commit holding the run
+        dataset_facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(
+            datasetVersion=facts.table_commit.rpartition(" ")[2], producer=PRODUCER
+        )
     if ended and facts.status == "committed":
         facets["outputStatistics"] = (
             output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
@@ -165,14 +194,9 @@ def _outputs(facts: RunFacts, ended: bool) -> list[OutputDataset]:
                 producer=PRODUCER,
             )
         )
-    return [OutputDataset(namespace=namespace, name=name, outputFacets=facets)]
+    return [
+        OutputDataset(namespace=namespace, name=name, facets=dataset_facets, outputFacets=facets)
+    ]
 
 
-def dataset_name(url: str) -> tuple[str, str]:
-    """(namespace, name) as OpenLineage's naming spec says: ``s3://bucket`` + key, ``file`` + path."""
-    parts = urlsplit(url)
-    if parts.scheme in ("", "file"):
-        return "file", os.path.abspath(parts.path if parts.scheme else url).rstrip("/") or "/"
-    scheme = SCHEMES.get(parts.scheme, parts.scheme)
-    authority = urlsplit(split_userinfo(url)[0]).netloc  # a name never carries credentials
-    return f"{scheme}://{authority}", parts.path.strip("/")
+__all__ = ["dataset_name", "emit_end", "emit_start", "run_uuid"]
