@@ -1,9 +1,14 @@
-"""``batch-infer inspect``: what a Parquet input or a model artifact holds, as text and as data."""
+"""``batch-infer inspect``: what a Parquet input, a Delta or Iceberg table, or a model artifact
+holds, as text and as data."""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 from dataclasses import dataclass
 from typing import Any
+
+import pyarrow as pa
 
 MODEL_SUFFIXES = (".joblib", ".pkl", ".pickle", ".skops")
 
@@ -14,11 +19,178 @@ class Description:
     data: dict[str, Any]
 
 
-def describe(path: str, scaler: str | None = None, contract: str | None = None) -> Description:
-    """Describe a model file (by its suffix) or else a Parquet input."""
+COMMITS_SHOWN = 10  # the latest batch-infer commits a table's description lists
+
+
+def describe(
+    path: str,
+    scaler: str | None = None,
+    contract: str | None = None,
+    catalog: Any = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Description:
+    """Describe a model file (by its suffix), a table (``delta:``/``iceberg:``, as ``--input``
+    names it) or else a Parquet input."""
     if path.lower().endswith(MODEL_SUFFIXES):
         return describe_model(path, scaler=scaler, contract=contract)
+    if path.startswith("delta:"):
+        return describe_delta(path, storage_options or {})
+    if path.startswith("iceberg:"):
+        return describe_iceberg(path, catalog, storage_options or {})
     return describe_parquet(path)
+
+
+def describe_delta(url: str, storage_options: dict[str, Any]) -> Description:
+    """A Delta table (at ``@VERSION`` if named) from its log: schema, partitioning, version,
+    rows and files of that version, and the batch-infer commits in its history."""
+    from . import storage
+    from .errors import InputError, first_line
+    from .inputs.delta import _deltalake, split_at
+    from .targets.delta import delta_storage_options
+    from .targets.table_staging import RUN_ID, RUN_KEY
+
+    deltalake = _deltalake()
+    location, version = split_at(url[len("delta:") :], "delta", "version")
+    fs, root = storage.resolve(location, storage_options)
+    uri = os.path.abspath(root) if storage.is_local(fs) else fs.unstrip_protocol(root)
+    options = delta_storage_options(location, storage_options) or None
+    try:
+        table = deltalake.DeltaTable(uri, version=version, storage_options=options)
+    except Exception as exc:  # delta-rs raises TableNotFoundError, DeltaError, OSError, ...
+        at = f" at version {version}" if version is not None else ""
+        raise InputError(
+            f"cannot read the Delta table {location}{at}: {type(exc).__name__}: {first_line(exc)}",
+            "check the path (the folder holding _delta_log) and @VERSION",
+        ) from None
+    actions = pa.table(table.get_add_actions(flatten=True))
+    records = actions.column("num_records").to_pylist() if actions.num_rows else []
+    commits = [
+        {
+            "version": entry.get("version"),
+            "run_key": entry[RUN_KEY],
+            "run_id": entry.get(RUN_ID),
+            "timestamp": _iso(entry.get("timestamp")),
+            "operation": entry.get("operation"),
+        }
+        for entry in table.history()  # newest first
+        if entry.get(RUN_KEY)
+    ]
+    protocol = table.protocol()
+    data = {
+        "kind": "delta",
+        "table": uri,
+        "version": table.version(),
+        "rows": None if None in records else sum(records),
+        "files": actions.num_rows,
+        "bytes": sum(actions.column("size_bytes").to_pylist()) if actions.num_rows else 0,
+        "schema": {f.name: str(f.type) for f in pa.schema(table.schema().to_arrow())},
+        "partition_by": list(table.metadata().partition_columns),
+        "reader_features": sorted(protocol.reader_features or []),
+        "batch_infer_commits": commits,
+    }
+    return Description(_table_text(data, f"Delta table {uri}", f"version {data['version']}"), data)
+
+
+def describe_iceberg(url: str, catalog: Any, storage_options: dict[str, Any]) -> Description:
+    """An Iceberg table (at ``@SNAPSHOT_ID`` if named) in its catalog: schema, partition spec,
+    snapshot, rows and files from the snapshot summary, and the batch-infer snapshots."""
+    from .config import CatalogConfig
+    from .errors import InputError
+    from .inputs.delta import split_at
+    from .inputs.iceberg import _pyiceberg
+    from .targets.iceberg import load_catalog
+    from .targets.table_staging import RUN_ID, RUN_KEY
+
+    _pyiceberg()  # the [iceberg] extra, named if missing
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+    catalog = catalog or CatalogConfig()
+    identifier, snapshot_id = split_at(url[len("iceberg:") :], "iceberg", "snapshot")
+    loaded = load_catalog(catalog.name, catalog.warehouse, storage_options, catalog.properties)
+    try:
+        table = loaded.load_table(identifier)
+    except (NoSuchTableError, NoSuchNamespaceError, ValueError):
+        raise InputError(
+            f"iceberg:{identifier} does not exist in the Iceberg catalog {catalog.name!r}",
+            "check the name (NAMESPACE.TABLE), --catalog and --warehouse",
+        ) from None
+    snapshot = (
+        table.snapshot_by_id(snapshot_id) if snapshot_id is not None else table.current_snapshot()
+    )
+    if snapshot_id is not None and snapshot is None:
+        raise InputError(
+            f"iceberg:{identifier} has no snapshot {snapshot_id}",
+            "name a snapshot the table still has, or drop @SNAPSHOT_ID",
+        )
+    summary = snapshot.summary if snapshot is not None else None
+    schema = table.schema()
+    partitions = []
+    for part in table.spec().fields:
+        source = schema.find_column_name(part.source_id)
+        transform = str(part.transform)
+        partitions.append(source if transform == "identity" else f"{transform}({source})")
+    commits = [
+        {
+            "snapshot": s.snapshot_id,
+            "run_key": s.summary.get(RUN_KEY),
+            "run_id": s.summary.get(RUN_ID),
+            "timestamp": _iso(s.timestamp_ms),
+            "operation": s.summary.operation.value,
+        }
+        for s in sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
+        if s.summary is not None and s.summary.get(RUN_KEY)
+    ]
+    data = {
+        "kind": "iceberg",
+        "table": identifier,
+        "location": table.location(),
+        "format_version": table.format_version,
+        "snapshot": snapshot.snapshot_id if snapshot is not None else None,
+        "rows": int(summary.get("total-records", 0)) if summary is not None else 0,
+        "files": int(summary.get("total-data-files", 0)) if summary is not None else 0,
+        "delete_files": int(summary.get("total-delete-files", 0)) if summary is not None else 0,
+        "bytes": int(summary.get("total-files-size", 0)) if summary is not None else 0,
+        "schema": {f.name: str(f.type) for f in schema.as_arrow()},
+        "partition_by": partitions,
+        "batch_infer_commits": commits,
+    }
+    where = f"snapshot {data['snapshot']}" if snapshot is not None else "no snapshot"
+    title = f"Iceberg table {identifier} in catalog {catalog.name!r} ({table.location()})"
+    return Description(_table_text(data, title, where), data)
+
+
+def _table_text(data: dict[str, Any], title: str, where: str) -> str:
+    rows = "?" if data["rows"] is None else f"{data['rows']:,}"
+    lines = [
+        f"{title}",
+        f"  {where}: {rows} rows, {data['files']} data file(s), {data['bytes']:,} bytes"
+        + (f", {data['delete_files']} delete file(s)" if data.get("delete_files") else ""),
+        f"  partitioned by: {', '.join(data['partition_by']) or '(nothing)'}",
+        "  schema:",
+        *(f"    {name}: {kind}" for name, kind in data["schema"].items()),
+    ]
+    commits = data["batch_infer_commits"]
+    if commits:
+        lines.append(f"  batch-infer commits (latest {min(len(commits), COMMITS_SHOWN)}):")
+        for commit in commits[:COMMITS_SHOWN]:
+            at = (
+                f"version {commit['version']}"
+                if "version" in commit
+                else f"snapshot {commit['snapshot']}"
+            )
+            lines.append(
+                f"    {at}  {commit['timestamp']}  run {commit['run_id']}  "
+                f"run key {commit['run_key']}"
+            )
+    else:
+        lines.append("  batch-infer commits: none")
+    return "\n".join(lines)
+
+
+def _iso(milliseconds: Any) -> str | None:
+    if milliseconds is None:
+        return None
+    return dt.datetime.fromtimestamp(int(milliseconds) / 1000, dt.UTC).isoformat(timespec="seconds")
 
 
 def describe_parquet(path: str) -> Description:

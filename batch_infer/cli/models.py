@@ -11,34 +11,49 @@ import typer
 
 from .common import exit_codes, remember_paths, setup_logging
 from .options import (
+    CatalogOpt,
     ContractOpt,
     FeaturesOpt,
     FormatOpt,
     OutputFormat,
     ScalerOpt,
     VerboseOpt,
+    WarehouseOpt,
 )
 
 
 def inspect(
     path: Annotated[
-        str, typer.Argument(help="A Parquet input (file, directory, glob, URL) or a model file.")
+        str,
+        typer.Argument(
+            help="A Parquet input (file, directory, glob, URL), a table as --input names it "
+            "(delta:PATH[@VERSION], iceberg:NAMESPACE.TABLE[@SNAPSHOT_ID]) or a model file."
+        ),
     ],
     scaler: ScalerOpt = None,
     contract: ContractOpt = None,
+    catalog: CatalogOpt = None,
+    warehouse: WarehouseOpt = None,
     verbose: VerboseOpt = False,
     output_format: FormatOpt = OutputFormat.text,
 ) -> None:
-    """Show a Parquet input's schema and row groups, or a model's input contract and methods.
+    """Show a Parquet input's schema and row groups; a Delta or Iceberg table's schema,
+    partitioning, version or snapshot, rows, files and batch-infer commits; or a model's input
+    contract and methods.
 
-    Example: batch-infer inspect sample_data/models/pipeline.joblib
+    Example: batch-infer inspect delta:/lake/scores/churn
     """
     setup_logging(False, verbose)
     remember_paths(path, scaler, contract)
     with exit_codes(verbose):
+        from ..config import CatalogConfig
         from ..inspection import describe
 
-        info = describe(path, scaler=scaler, contract=contract)
+        defaults = CatalogConfig()
+        tables = CatalogConfig(
+            name=catalog or defaults.name, warehouse=warehouse or defaults.warehouse
+        )
+        info = describe(path, scaler=scaler, contract=contract, catalog=tables)
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(info.data, default=str))
     else:

@@ -22,9 +22,9 @@ SCHEMES = {"s3a": "s3", "s3n": "s3", "gcs": "gs", "thrift": "hive"}  # -> OpenLi
 def dataset_name(url: str, catalog_namespace: str | None = None) -> tuple[str, str]:
     """(namespace, name) of a path, URL, ``delta:PATH[@V]`` or ``iceberg:NS.TABLE[@S]``."""
     if url.startswith("delta:"):
-        return dataset_name(_without_version(url[len("delta:") :]))
+        return dataset_name(unpinned(url[len("delta:") :]))
     if url.startswith("iceberg:"):
-        return catalog_namespace or "iceberg", _without_version(url[len("iceberg:") :])
+        return catalog_namespace or "iceberg", unpinned(url[len("iceberg:") :])
     parts = urlsplit(url)
     if parts.scheme in ("", "file"):
         return "file", os.path.abspath(parts.path if parts.scheme else url).rstrip("/") or "/"
@@ -33,7 +33,8 @@ def dataset_name(url: str, catalog_namespace: str | None = None) -> tuple[str, s
     return f"{scheme}://{authority}", parts.path.strip("/")
 
 
-def _without_version(spec: str) -> str:
+def unpinned(spec: str) -> str:
+    """A table input without its ``@VERSION`` / ``@SNAPSHOT``."""
     head, at, tail = spec.rpartition("@")
     return head if at and tail.isdigit() else spec
 

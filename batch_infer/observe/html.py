@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .datasets import unpinned
 from .statistics import DRIFT_THRESHOLD, bin_edges, drift
 
 DISPLAY_BINS = 40  # bars of a numeric histogram
@@ -158,7 +159,26 @@ def _facts_section(facts: dict[str, Any], manifest: dict[str, Any]) -> str:
     ]
     if manifest.get("committed_at"):
         rows.insert(6, ("Committed", _e(manifest["committed_at"])))
+    read, committed = _table_versions(facts, manifest)
+    if committed:
+        rows.insert(1, ("Table commit", _e(committed)))
+    if read:
+        rows.insert(0, ("Input table", _code(read)))
     return _section("Run", _kv(rows))
+
+
+def _table_versions(facts: dict[str, Any], manifest: dict[str, Any]) -> tuple[str, str]:
+    """The table read, at which version or snapshot, and the output table's commit (a run
+    report shows both, so a table's row can be traced to the exact commits on either side)."""
+    table = facts.get("input_table") or ((manifest.get("config") or {}).get("input") or {}).get(
+        "path", ""
+    )
+    version = facts.get("input_version") or manifest.get("input_version") or {}
+    read = ""
+    if version:
+        kind = "version" if "version" in version else "snapshot"
+        read = f"{unpinned(table) or version.get('format', 'table')} at {kind} {version.get(kind)}"
+    return read, str(facts.get("table_commit") or manifest.get("table_commit") or "")
 
 
 def _model_section(manifest: dict[str, Any]) -> str:

@@ -68,7 +68,17 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
         "When the last successful run (committed or skipped) ended (Unix time).",
         (),
     ),
+    "input_table_version": (
+        "The Delta version or Iceberg snapshot id read (a table input only).",
+        (),
+    ),
+    "output_table_version": (
+        "The Delta version or Iceberg snapshot id holding the run (a table output only).",
+        (),
+    ),
 }
+# published only when the run has them: a folder's run carries no table version
+OPTIONAL = ("last_success_timestamp_seconds", "input_table_version", "output_table_version")
 
 
 def registry_for(facts: RunFacts, last_success: float | None = None) -> CollectorRegistry:
@@ -77,10 +87,15 @@ def registry_for(facts: RunFacts, last_success: float | None = None) -> Collecto
     if facts.status in SUCCEEDED:
         last_success = finished
     registry = CollectorRegistry()
+    optional = {
+        "last_success_timestamp_seconds": last_success,
+        "input_table_version": table_version(facts.input_version),
+        "output_table_version": table_version(facts.table_commit),
+    }
     gauges = {
         name: Gauge(f"{PREFIX}_{name}", meaning, ["output", *labels], registry=registry)
         for name, (meaning, labels) in METRICS.items()
-        if name != "last_success_timestamp_seconds" or last_success is not None
+        if name not in OPTIONAL or optional[name] is not None
     }
 
     def put(name: str, value: float, **labels: str) -> None:
@@ -105,8 +120,9 @@ def registry_for(facts: RunFacts, last_success: float | None = None) -> Collecto
     put("peak_memory_bytes", facts.peak_rss_bytes)
     put("exit_code", exit_code(facts))
     put("last_run_timestamp_seconds", finished)
-    if last_success is not None:
-        put("last_success_timestamp_seconds", last_success)
+    for name, number in optional.items():
+        if number is not None:
+            put(name, number)
     info = Info(f"{PREFIX}_run", RUN_INFO, ["output"], registry=registry)
     info.labels(output=facts.job).info(
         {
@@ -117,6 +133,20 @@ def registry_for(facts: RunFacts, last_success: float | None = None) -> Collecto
         }
     )
     return registry
+
+
+def table_version(version: dict[str, Any] | str | None) -> int | None:
+    """The number of ``{"format": "delta", "version": 3}`` (a version read) or of
+    ``"snapshot 6123…"`` (a commit). An Iceberg snapshot id past 2**53 is rounded by
+    Prometheus' float; the manifest and the HTML report keep it exactly."""
+    if isinstance(version, dict):
+        number = version.get("version", version.get("snapshot"))
+    else:
+        number = (version or "").rpartition(" ")[2]
+    try:
+        return int(number) if number is not None else None
+    except ValueError:
+        return None
 
 
 def exit_code(facts: RunFacts) -> int:
