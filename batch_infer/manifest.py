@@ -187,7 +187,11 @@ def _where(plan: Any, files: list[OutputFile]) -> dict[str, Any]:
         return {}
     selected = sum(f.rows for f in files)  # scored and rejected
     return {
-        "where": {"text": plan.where, "files_pruned": plan.files_pruned},
+        "where": {
+            "text": plan.where,
+            "files_pruned": plan.files_pruned,
+            "row_groups_pruned": plan.row_groups_pruned,
+        },
         "rows_selected": selected,
     }
 

@@ -38,15 +38,22 @@ class InputFile:
     # Columns converted to the unified type at a loss the config accepted (allow_lossy_types):
     # cast without Arrow's overflow/truncation checks, as the user asked.
     lossy_columns: frozenset[str] = frozenset()
+    # --where: the row groups whose statistics may hold a selected row (None: all of them)
+    row_groups: tuple[int, ...] | None = None
+
+    @property
+    def row_group_indices(self) -> range | tuple[int, ...]:
+        """The row groups read, by their index in the file."""
+        return range(self.metadata.num_row_groups) if self.row_groups is None else self.row_groups
 
     @property
     def num_rows(self) -> int:
         """Rows the row groups hold: what a reader reads (some writers put 0 in the file total)."""
-        return sum(self.metadata.row_group(i).num_rows for i in range(self.num_row_groups))
+        return sum(self.metadata.row_group(i).num_rows for i in self.row_group_indices)
 
     @property
     def num_row_groups(self) -> int:
-        return self.metadata.num_row_groups
+        return len(self.row_group_indices)
 
     @property
     def schema(self) -> pa.Schema:
@@ -98,13 +105,14 @@ class InputPlan:
     where: str | None = None
     row_filter: pc.Expression | None = None
     files_pruned: int = 0
+    row_groups_pruned: int = 0
 
     @property
     def fragments(self) -> list[Fragment]:
         return [
             Fragment(f, rg, f.metadata.row_group(rg).num_rows)
             for f in self.files
-            for rg in range(f.num_row_groups)
+            for rg in f.row_group_indices
         ]
 
     @property

@@ -29,7 +29,7 @@ from ..config import InputConfig
 from ..errors import ConfigError, InputError, first_line, from_store
 from .base import InputFile, InputPlan
 from .folder import lossy_columns, lossy_error, read_footer, unify_schema
-from .where import Where, parse_where, prune, where_fields
+from .where import Where, apply_where, parse_where, prune
 
 # Reader features whose tables the data files read as plain Parquet still give exactly:
 # deletionVectors is checked per table (refused when any file has one).
@@ -243,6 +243,7 @@ def plan_data_files(
         dataclasses.replace(f, lossy_columns=frozenset(lossy[f])) if f in lossy else f
         for f in files
     ]
+    files, where_facts = apply_where(where, files, schema, partition_schema, pruned)
     return InputPlan(
         fs=fs,
         root=root,
@@ -250,7 +251,7 @@ def plan_data_files(
         schema=schema,
         partition_schema=partition_schema,
         version=version,
-        **where_fields(where, schema, pruned),
+        **where_facts,
     )
 
 

@@ -22,7 +22,7 @@ from .. import storage
 from ..config import InputConfig
 from ..errors import InputError, first_line, from_store
 from .base import Fragment, InputFile, InputPlan
-from .where import parse_where, prune, where_fields
+from .where import apply_where, parse_where, prune
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -72,6 +72,7 @@ def plan_folder(config: InputConfig) -> InputPlan:
         dataclasses.replace(f, lossy_columns=frozenset(lossy[f])) if f in lossy else f
         for f in files
     ]
+    files, where_facts = apply_where(where, files, schema, partition_schema, listed - len(files))
     scanned = path if listed == 1 and paths[0] == path else root
     return InputPlan(
         fs=fs,
@@ -79,7 +80,7 @@ def plan_folder(config: InputConfig) -> InputPlan:
         files=files,
         schema=schema,
         partition_schema=partition_schema,
-        **where_fields(where, schema, listed - len(files)),
+        **where_facts,
     )
 
 

@@ -20,6 +20,7 @@ a date or timestamp column is read as one. Column names are bare or ``"double qu
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import re
@@ -32,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from ..errors import ConfigError
+from .base import InputFile
 
 T = TypeVar("T")
 FIX = "write a SQL condition such as \"event_date = '2026-01-05' AND score > 0.5\" (docs: Running jobs)"
@@ -365,15 +367,21 @@ class Where:
         leaves = [
             leaf for leaf in _leaves(self.node) if {c.name for c in _leaf_columns(leaf)} <= names
         ]
-        known: dict[int, list[bool | None]] = {}
+        values: dict[str, list[bool | None]] = {}
         if leaves:
             values = (
                 ds.dataset(table)
                 .to_table(columns={f"l{i}": binder.node(leaf) for i, leaf in enumerate(leaves)})
                 .to_pydict()
             )
-            known = {id(leaf): values[f"l{i}"] for i, leaf in enumerate(leaves)}
-        return [True in _outcomes(self.node, known, row) for row in range(len(partitions))]
+        return [
+            True
+            in _outcomes(
+                self.node,
+                {id(leaf): frozenset({values[f"l{i}"][row]}) for i, leaf in enumerate(leaves)},
+            )
+            for row in range(len(partitions))
+        ]
 
     def to_iceberg(self, schema: pa.Schema) -> Any:
         """A pyiceberg expression selecting at least the rows this one selects (for pruning);
@@ -410,21 +418,21 @@ def _leaf_columns(leaf: Leaf) -> list[Column]:
 _ALL = frozenset({True, False, None})
 
 
-def _outcomes(node: Node, known: dict[int, list[bool | None]], row: int) -> frozenset:
-    """The SQL truth values (True, False, None: unknown) ``node`` can take on this row."""
+def _outcomes(node: Node, known: dict[int, frozenset]) -> frozenset:
+    """The SQL truth values (True, False, None: unknown) ``node`` can take on some rows, given
+    what ``known`` says of some leaves (by ``id``); any other leaf can take any value."""
     if isinstance(node, Const):
         return frozenset({node.value})
     if isinstance(node, Not):
-        return frozenset(None if v is None else not v for v in _outcomes(node.item, known, row))
+        return frozenset(None if v is None else not v for v in _outcomes(node.item, known))
     if isinstance(node, And | Or):
         combine = _and if isinstance(node, And) else _or
-        result = _outcomes(node.items[0], known, row)
+        result = _outcomes(node.items[0], known)
         for item in node.items[1:]:
-            other = _outcomes(item, known, row)
+            other = _outcomes(item, known)
             result = frozenset(combine(a, b) for a, b in product(result, other))
         return result
-    values = known.get(id(node))
-    return frozenset({values[row]}) if values is not None else _ALL
+    return known.get(id(node), _ALL)
 
 
 def _and(a: bool | None, b: bool | None) -> bool | None:
@@ -700,9 +708,141 @@ def prune(
     return kept or entries[:1]
 
 
-def where_fields(where: Where | None, schema: pa.Schema, pruned: int) -> dict[str, Any]:
-    """``InputPlan``'s --where fields: the text, the row filter bound to the plan's schema (an
-    unknown column or mistyped literal is refused here, before any row is read), files pruned."""
+def apply_where(
+    where: Where | None,
+    files: list[InputFile],
+    schema: pa.Schema,
+    partition_schema: pa.Schema,
+    pruned: int,
+) -> tuple[list[InputFile], dict[str, Any]]:
+    """The files with the row groups their statistics cannot rule out, and ``InputPlan``'s
+    --where fields: the text, the row filter bound to the plan's schema (an unknown column or a
+    mistyped literal is refused here, before any row is read), the files and row groups pruned.
+    """
     if where is None:
-        return {}
-    return {"where": where.text, "row_filter": where.bind(schema), "files_pruned": pruned}
+        return files, {}
+    row_filter = where.bind(schema)
+    files, groups = _prune_row_groups(where, files, schema, set(partition_schema.names))
+    fields = {
+        "where": where.text,
+        "row_filter": row_filter,
+        "files_pruned": pruned,
+        "row_groups_pruned": groups,
+    }
+    return files, fields
+
+
+def _prune_row_groups(
+    where: Where, files: list[InputFile], schema: pa.Schema, partitions: set[str]
+) -> tuple[list[InputFile], int]:
+    """Drop row groups whose Parquet statistics (min, max, null count) prove no row matches."""
+    binder = _Binder(where.text, schema)
+    leaves = [  # conditions on one data column, which row group statistics describe
+        leaf
+        for leaf in _leaves(where.node)
+        if len(columns := _leaf_columns(leaf)) == 1
+        and columns[0].name in schema.names
+        and columns[0].name not in partitions
+    ]
+    if not leaves:
+        return files, 0
+    names = {_leaf_columns(leaf)[0].name for leaf in leaves}
+    result, pruned = [], 0
+    for file in files:
+        own = file.schema
+        usable = {
+            n
+            for n in names
+            if n in own.names
+            and not pa.types.is_nested(own.field(n).type)
+            and not (pa.types.is_timestamp(own.field(n).type) and own.field(n).type.unit == "ns")
+        }
+        kept = []
+        for index in file.row_group_indices:
+            group = file.metadata.row_group(index)
+            stats: dict[str, Any] = {}
+            for j in range(group.num_columns):
+                column = group.column(j)
+                if column.path_in_schema in usable:
+                    stats[column.path_in_schema] = (
+                        column.statistics if column.is_stats_set else None
+                    )
+            known = {}
+            for leaf in leaves:
+                name = _leaf_columns(leaf)[0].name
+                if name in stats and stats[name] is not None:
+                    floating = pa.types.is_floating(_plain(schema.field(name).type))
+                    known[id(leaf)] = _possible(leaf, binder, stats[name], group.num_rows, floating)
+            if True in _outcomes(where.node, known):
+                kept.append(index)
+        if len(kept) < file.num_row_groups:
+            pruned += file.num_row_groups - len(kept)
+            file = dataclasses.replace(file, row_groups=tuple(kept))
+        result.append(file)
+    return result, pruned
+
+
+def _possible(leaf: Leaf, binder: _Binder, stats: Any, rows: int, floating: bool) -> frozenset:
+    """The truth values ``leaf`` may take on a row group with these statistics."""
+    nulls = stats.null_count if stats.has_null_count else None
+    has_null = nulls is None or nulls > 0
+    if nulls is not None and nulls >= rows:  # all null
+        if isinstance(leaf, IsNull):
+            return frozenset({not leaf.negated})
+        return frozenset({None})
+    if isinstance(leaf, IsNull):
+        values = {True, False} if has_null else {False}
+        return frozenset(v != leaf.negated for v in values)
+    if not stats.has_min_max:
+        return _ALL
+    lo, hi = stats.min, stats.max
+    negated = False
+    try:
+        if lo != lo or hi != hi:  # NaN statistics: say nothing
+            return _ALL
+        if isinstance(leaf, BoolColumn):
+            t, f = lo <= True <= hi, lo <= False <= hi
+        elif isinstance(leaf, Compare):
+            column, literal, op = leaf.left, leaf.right, leaf.op
+            if isinstance(column, Literal):
+                column, literal = literal, column
+                op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
+            assert isinstance(column, Column) and isinstance(literal, Literal)
+            v = binder.value(binder.field(column), literal)
+            t, f = _compare_possible(op, lo, hi, v)
+            negated = op == "!="
+        elif isinstance(leaf, InList):
+            field = binder.field(leaf.column)
+            values = [binder.value(field, v) for v in leaf.values]
+            t = any(lo <= v <= hi for v in values)
+            f = not (lo == hi and lo in values)
+            if leaf.negated:
+                t, f = f, t
+            negated = leaf.negated
+        else:
+            assert isinstance(leaf, Between)
+            field = binder.field(leaf.column)
+            low, high = binder.value(field, leaf.low), binder.value(field, leaf.high)
+            t = hi >= low and lo <= high
+            f = not (lo >= low and hi <= high)
+            if leaf.negated:
+                t, f = f, t
+            negated = leaf.negated
+    except TypeError:  # statistics of another kind than the literal: say nothing
+        return _ALL
+    if floating:  # NaN is left out of statistics: it fails comparisons, passes their negations
+        t, f = t or negated, f or not negated
+    possible = {v for v, ok in ((True, t), (False, f), (None, has_null)) if ok}
+    return frozenset(possible) or _ALL
+
+
+def _compare_possible(op: str, lo: Any, hi: Any, v: Any) -> tuple[bool, bool]:
+    """Whether some value in [lo, hi] makes ``x op v`` true, and whether some makes it false."""
+    return {
+        "=": (lo <= v <= hi, not lo == v == hi),
+        "!=": (not lo == v == hi, lo <= v <= hi),
+        "<": (lo < v, hi >= v),
+        "<=": (lo <= v, hi > v),
+        ">": (hi > v, lo <= v),
+        ">=": (hi >= v, lo < v),
+    }[op]
