@@ -103,8 +103,8 @@ class Case:
 CASES = [
     Case(
         "mixed",
-        "mixed-type Pipeline (imputers + scaler on 4 numeric, imputer + one-hot on 4 string "
-        "columns, LogisticRegression)",
+        "mixed-type Pipeline (imputer + scaler on 4 numbers, imputer + one-hot on 4 strings, "
+        "LogisticRegression)",
         1_000_000,
         1,
         "mixed",
@@ -766,17 +766,21 @@ def targets(data: dict, startup: dict | None = None) -> list[tuple[str, str, boo
 def case_tables(data: dict) -> str:
     """The results as Markdown tables (latest.md and the docs' Performance page)."""
     results = data.get("results") or []
-    lines = [
-        "Wall times, whole processes (start-up included), medians. *batch-infer* is "
-        "`batch-infer run --runtime sklearn`; *compiled* is `--runtime compiled` after "
-        "`batch-infer compile` (its time: *compile*, one run); model bounds are CPU seconds ÷ "
-        "cores (CPU seconds in brackets); *naive*: the naive pandas loop (runs in brackets); "
-        "*= naive*: the output read back equals the naive loop's (sklearn/compiled).",
-        "",
-        "| case | rows | IO bound serial / parallel | model bound | compiled model bound "
-        "| compile | batch-infer | compiled | naive | peak RSS batch-infer / compiled | = naive |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
-    ]
+    lines = (
+        []
+        if not results
+        else [
+            "Wall times, whole processes (start-up included), medians. *batch-infer* is "
+            "`batch-infer run --runtime sklearn`; *compiled* is `--runtime compiled` after "
+            "`batch-infer compile` (its time: *compile*, one run); model bounds are CPU seconds ÷ "
+            "cores (CPU seconds in brackets); *naive*: the naive pandas loop (runs in brackets); "
+            "*= naive*: the output read back equals the naive loop's (sklearn/compiled).",
+            "",
+            "| case | rows | IO bound serial / parallel | model bound | compiled model bound "
+            "| compile | batch-infer | compiled | naive | peak RSS batch-infer / compiled | = naive |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        ]
+    )
     notes = []
     for r in results:
         compile_info = r.get("compile") or {}
@@ -807,14 +811,18 @@ def case_tables(data: dict) -> str:
             f"| {compile_cell} | {r['ours']:.2f} s | {_s(r.get('compiled'))} | {naive} | {rss} "
             f"| {check or '—'} |"
         )
-    lines += [
-        "",
-        "Ratios: bound = max(IO bound, model bound).",
-        "",
-        "| case | bound | batch-infer / bound | compiled / bound | compiled / model bound "
-        "| naive / batch-infer | naive / compiled |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines += (
+        []
+        if not results
+        else [
+            "",
+            "Ratios: bound = max(IO bound, model bound).",
+            "",
+            "| case | bound | batch-infer / bound | compiled / bound | compiled / model bound "
+            "| naive / batch-infer | naive / compiled |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+    )
     for r in results:
         lines.append(
             f"| {r['case']} | {r['bound']:.2f} s ({r['bound_kind']}) | **{r['vs_bound']:.2f}×** "

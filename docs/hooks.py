@@ -6,7 +6,8 @@ A page asks for generated content with a marker on a line of its own, ``<!-- gen
 - ``cli``: the CLI reference, walked from the Typer app (``batch_infer.cli:app``).
 - ``config``: every key of a config file, walked from the pydantic models (``RunConfig``).
 - ``bench-summary``, ``bench-targets``, ``bench-cases``: ``make bench``'s latest results,
-  from ``benchmarks/results/latest.json`` (the targets as ``benchmarks/bench.py`` defines them).
+  from ``benchmarks/results/latest.json``, the targets and tables rendered by
+  ``benchmarks/bench.py`` itself (``targets``, ``case_tables``), as it writes ``latest.md``.
 - ``serve-results``: ``make bench-serve``'s latest table, read from
   ``benchmarks/results/serve-latest.md`` (its only output; there is no JSON of it yet).
 
@@ -351,15 +352,18 @@ def _bench_module() -> Any:
 
 def bench_summary() -> str:
     facts = bench_facts()
+    command = facts["command"]
+    command = command if command.startswith("`") else f"`{command}`"
+    runs = bench_results().get("runs")
+    medians = f", medians of {runs} runs" if runs else ""
     return (
-        f"Latest results: **{facts['date']}**, {facts['command']}, on {facts['machine']} "
+        f"Latest results: **{facts['date']}**, {command}{medians}, on {facts['machine']} "
         f"(from `benchmarks/results/latest.json`)."
     )
 
 
 def bench_targets() -> str:
-    data = bench_results()
-    goals = _bench_module().targets(data["results"], data.get("startup"))
+    goals = _bench_module().targets(bench_results())
     lines = ["| target | figure | met |", "|---|---|:---:|"]
     for goal, measured, ok in goals:
         lines.append(f"| {_cell(goal)} | {_cell(measured)} | {'✓ met' if ok else '✗ not met'} |")
@@ -367,43 +371,9 @@ def bench_targets() -> str:
 
 
 def bench_cases() -> str:
-    data = bench_results()
-
-    def seconds(value: Any) -> str:
-        return "—" if value is None else f"{value:.2f} s"
-
-    def mib(value: Any) -> str:
-        return "—" if not value else f"{value:.0f} MiB"
-
-    lines = [
-        "| case | rows | IO bound | model bound | `--runtime sklearn` | `--runtime compiled` "
-        "| naive pandas loop | peak RSS (sklearn) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in data["results"]:
-        lines.append(
-            f"| {_cell(r['case'])} | {r['rows']:,} | {seconds(r.get('io_bound'))} "
-            f"| {seconds(r.get('model_bound'))} | {seconds(r.get('ours'))} "
-            f"| {seconds(r.get('compiled'))} | {seconds(r.get('naive'))} "
-            f"| {mib(r.get('ours_rss_mib'))} |"
-        )
-    dask = [r for r in data["results"] if r.get("dask")]
-    if dask:
-        lines += ["", "`--engine dask` (a LocalCluster started by the run, startup included):", ""]
-        lines += [
-            f"- {_cell(r['case'])}, {r['rows']:,} rows: {r['dask']['wall']:.2f} s "
-            f"(local engine {r['ours']:.2f} s)"
-            for r in dask
-        ]
-    startup = data.get("startup")
-    if startup:
-        lines += [
-            "",
-            f"Start-up: `batch-infer --help` {startup['help']:.2f} s; the 20,000-row sample "
-            f"end to end {startup['sample_sklearn']:.2f} s (`--runtime sklearn`), "
-            f"{startup['sample_compiled']:.2f} s (`--runtime compiled`).",
-        ]
-    return "\n".join(lines)
+    """The bench's own tables of the results (``bench.case_tables``), so the page and
+    ``latest.md`` show the same figures; it reads older results files too."""
+    return _bench_module().case_tables(bench_results())
 
 
 def serve_results() -> str:
