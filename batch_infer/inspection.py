@@ -72,8 +72,12 @@ def describe_delta(url: str, storage_options: dict[str, Any]) -> Description:
             "timestamp": _iso(entry.get("timestamp")),
             "operation": entry.get("operation"),
         }
-        for entry in table.history()  # newest first
-        if entry.get(RUN_KEY)
+        # newest first; from the latest version: delta-rs numbers the history of a table
+        # loaded at an older version wrongly (negative versions)
+        for entry in (
+            deltalake.DeltaTable(uri, storage_options=options) if version is not None else table
+        ).history()
+        if entry.get(RUN_KEY) and int(entry.get("version", -1)) <= table.version()
     ]
     protocol = table.protocol()
     data = {
