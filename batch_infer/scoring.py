@@ -89,7 +89,7 @@ def score_batch(
     rejected rows (see ``_score_rows``).
     """
     origin = origin or RowOrigin("", 0, 0)
-    features = model_input(batch, model.contract)  # a conversion error is bad input: raised
+    features = model_input(batch, model.contract, model.encoder)  # a conversion error is bad input: raised
     reasons = unscorable_rows(batch, model.contract, features)
     keep = np.ones(batch.num_rows, dtype=bool)
     keep[list(reasons)] = False
@@ -99,7 +99,7 @@ def score_batch(
         features = (
             np.asfortranarray(features[keep])
             if isinstance(features, np.ndarray)
-            else model_input(candidates, model.contract)
+            else model_input(candidates, model.contract, model.encoder)
         )
     _, results, failed = _score_rows(model, candidates, features, probe=True)
     if failed and len(failed) == candidates.num_rows > 1:
@@ -145,7 +145,7 @@ def _score_rows(
     if batch.num_rows == 0:
         return everything, None, {}
     if features is None:
-        features = model_input(batch, model.contract)
+        features = model_input(batch, model.contract, model.encoder)
     try:
         return everything, model.call(features), {}
     except Exception as exc:

@@ -41,14 +41,20 @@ def feature_matrix(batch: pa.RecordBatch, features: list[str]) -> np.ndarray:
     # and scoring must equal calling the model on a DataFrame exactly.
     matrix = np.empty((batch.num_rows, len(features)), dtype=np.float64, order="F")
     for position, name in enumerate(features):
-        matrix[:, position] = _converted(batch, name, "numbers", numeric_column)
+        matrix[:, position] = converted(batch, name, "numbers", numeric_column)
     return matrix
 
 
-def model_input(batch: pa.RecordBatch, contract: Contract) -> Any:
-    """The batch as the model takes it: a float64 matrix (all numeric) or a typed DataFrame."""
+def model_input(batch: pa.RecordBatch, contract: Contract, encoder: Any = None) -> Any:
+    """The batch as the model takes it: a float64 matrix (all numeric), the matrix its
+    ColumnTransformer gives (``encoder``, an ``encoders.ArrowColumnTransformer``), or a typed
+    DataFrame."""
     if contract.all_numeric:
         return feature_matrix(batch, contract.names)
+    if encoder is not None:
+        encoded = encoder.encode(batch, contract)
+        if encoded is not None:
+            return encoded
     import pandas as pd
 
     columns = {spec.name: _pandas_column(batch, spec) for spec in contract.features}
@@ -60,9 +66,9 @@ def _pandas_column(batch: pa.RecordBatch, spec: FeatureSpec) -> Any:
 
     column = batch.column(spec.name)
     if spec.kind == "numeric" and spec.dtype in (None, "float64"):
-        return _converted(batch, spec.name, "numbers", numeric_column)
+        return converted(batch, spec.name, "numbers", numeric_column)
     if spec.dtype == "category" and spec.categories is not None:
-        codes = _converted(batch, spec.name, "categories", lambda c: category_codes(c, spec))
+        codes = converted(batch, spec.name, "categories", lambda c: category_codes(c, spec))
         return pd.Categorical.from_codes(codes, categories=pd.Index(spec.categories))
     if spec.kind in ("categorical", "text") and spec.dtype in ("str", "object", None):
         # plain values, as pandas reads them (CatBoost's integer categories stay integers)
@@ -80,15 +86,15 @@ def _pandas_column(batch: pa.RecordBatch, spec: FeatureSpec) -> Any:
 
 def category_codes(column: pa.Array, spec: FeatureSpec) -> np.ndarray:
     """Codes into the training categories, matched by value; -1 for missing or unseen values."""
-    positions = _positions(column, spec.categories or [])
+    positions = category_positions(column, spec.categories or [])
     return pc.fill_null(positions, -1).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
-def _positions(column: pa.Array, categories: list[Any]) -> pa.Array:
+def category_positions(column: pa.Array, categories: list[Any]) -> pa.Array:
     """Each value's index among ``categories`` (null when missing or unseen)."""
     value_set = pa.array(categories)
     if pa.types.is_dictionary(column.type):
-        dictionary_positions = _positions(column.dictionary, categories)
+        dictionary_positions = category_positions(column.dictionary, categories)
         return pc.take(dictionary_positions, column.indices)
     if not column.type.equals(value_set.type):
         if _is_stringy(column) != pa.types.is_string(value_set.type):
@@ -102,7 +108,7 @@ def _is_stringy(column: pa.Array | pa.ChunkedArray) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
-def _converted(batch: pa.RecordBatch, name: str, what: str, convert: Any) -> Any:
+def converted(batch: pa.RecordBatch, name: str, what: str, convert: Any) -> Any:
     """Run a conversion; a failure is bad input naming the column, never the model's fault."""
     try:
         return convert(batch.column(name))
@@ -147,6 +153,9 @@ def _converted_values(features: Any, spec: FeatureSpec, position: int) -> np.nda
     """A numeric feature's float64 values as already converted for the model, if they were."""
     if isinstance(features, np.ndarray):
         return features[:, position]
+    numeric = getattr(features, "numeric", None)  # an encoders.Encoded
+    if isinstance(numeric, dict):
+        return numeric.get(spec.name)
     column = getattr(features, "get", lambda name: None)(spec.name)
     if column is not None and getattr(column, "dtype", None) == np.float64:
         return column.to_numpy()
@@ -184,7 +193,7 @@ def _decoded_float(column: pa.Array) -> bool:
 
 
 def _unknown_reasons(column: pa.Array, spec: FeatureSpec, reasons: dict[int, Reason]) -> None:
-    unseen = pc.and_(pc.is_valid(column), pc.is_null(_positions(column, spec.categories or [])))
+    unseen = pc.and_(pc.is_valid(column), pc.is_null(category_positions(column, spec.categories or [])))
     mask = unseen.to_numpy(zero_copy_only=False)
     if not mask.any():
         return

@@ -22,6 +22,7 @@ from ..config import ModelConfig, OutputColumns
 from ..errors import ConfigError, ModelError, first_line, from_store
 from .cache import CompiledModel, artifact_folder, find_compiled
 from .contract import Contract, derive_contract, merge_saved
+from .encoders import Encoded
 from .outputs import OutputPlan, classes_of, estimator_type, plan_outputs
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class LoadedModel:
     contract_sha256: str | None = None
     runtime: str = "sklearn"  # or the compiled engine that scores ("numpy-linear", "treelite")
     compiled: CompiledModel | None = field(default=None, repr=False)
+    # a mixed-type Pipeline's ColumnTransformer computed from Arrow (encoders.py), if it can be
+    encoder: Any = field(default=None, repr=False)
+    encoding: str | None = None  # how that ColumnTransformer runs: "arrow" or "scikit-learn: why"
 
     @property
     def sha256(self) -> str:
@@ -110,7 +114,12 @@ class LoadedModel:
         from sklearn import config_context
 
         with config_context(assume_finite=self.finite_checked):
-            inputs = self.transform(features, scaler)
+            if isinstance(features, Encoded):  # the ColumnTransformer's work is done
+                inputs, estimator = features.matrix, estimator[1:]
+                if len(estimator.steps) == 1:
+                    estimator = estimator.steps[0][1]
+            else:
+                inputs = self.transform(features, scaler)
             steps = getattr(estimator, "steps", None)
             if steps and len(steps) > 1 and len(self.outputs.methods) > 1:
                 # what Pipeline.predict and .predict_proba each do, done once: the encoders'
@@ -169,6 +178,7 @@ def load_model(
     features = _features(config.features, estimator, scaler)
     contract = derive_contract(estimator.obj, scaler.obj if scaler else None, features)
     contract, contract_sha256 = _saved_contract(config, contract)
+    encoder, encoding = _arrow_encoder(estimator, scaler, contract)
     return LoadedModel(
         estimator=estimator,
         scaler=scaler,
@@ -178,7 +188,31 @@ def load_model(
         classes=classes,
         version=config.version or estimator.sha256[:12],
         contract_sha256=contract_sha256,
+        encoder=encoder,
+        encoding=encoding,
     )
+
+
+def _arrow_encoder(
+    estimator: Artifact, scaler: Artifact | None, contract: Contract
+) -> tuple[Any, str | None]:
+    """A mixed-type Pipeline's ColumnTransformer from Arrow, checked against scikit-learn's own
+    on probe rows; else None and why (logged once)."""
+    if scaler is not None or contract.all_numeric:
+        return None, None
+    from .encoders import arrow_transform, leads_with_column_transformer
+
+    if not leads_with_column_transformer(estimator.obj):
+        return None, None
+    try:
+        encoder, why = arrow_transform(estimator.obj, contract)
+    except Exception as exc:  # an unusual fitted object: scikit-learn's own transform scores
+        encoder, why = None, f"{type(exc).__name__}: {first_line(exc)}"
+    if encoder is None:
+        log.info("the ColumnTransformer runs in scikit-learn: %s", why)
+        return None, f"scikit-learn: {why}"
+    log.info("the ColumnTransformer is computed from Arrow (checked against scikit-learn's)")
+    return encoder, "arrow"
 
 
 def _compiled_model(

@@ -260,6 +260,8 @@ def _tile(features: Any, start: int, count: int) -> Any:
     positions[count:] = start
     if isinstance(features, np.ndarray):
         return np.asfortranarray(features[positions])
+    if hasattr(features, "rows"):  # an encoders.Encoded: the ColumnTransformer's matrix
+        return features.rows(positions)
     tile = features.iloc[positions]
     return tile.reset_index(drop=True)
 
