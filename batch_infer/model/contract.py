@@ -601,3 +601,95 @@ def contract_from_sample(contract: Contract, frame: Any) -> Contract:
 
 def write_contract(contract: Contract) -> str:
     return json.dumps(contract.to_dict(), indent=2, default=str) + "\n"
+
+
+# ---------------------------------------------------------------- MLflow signatures
+
+# MLflow's column types (mlflow.types.DataType) and the Arrow types that carry them
+_SIGNATURE_TYPES = {
+    "double": "numbers",
+    "float": "numbers",
+    "long": "integers",
+    "integer": "integers",
+    "boolean": "booleans",
+    "string": "strings",
+    "binary": "bytes",
+    "datetime": "timestamps",
+}
+
+
+def signature_problem(mlflow_type: str, arrow_type: pa.DataType) -> bool:
+    """Whether a column of this Arrow type cannot carry the signature's type (MLflow's rules:
+    integers widen to doubles, never the other way)."""
+    value_type = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+    if pa.types.is_null(value_type):
+        return False
+    wants = _SIGNATURE_TYPES.get(mlflow_type)
+    if wants == "numbers":
+        return not _is_number(value_type)
+    if wants == "integers":
+        return not (pa.types.is_integer(value_type) or pa.types.is_boolean(value_type))
+    if wants == "booleans":
+        return not pa.types.is_boolean(value_type)
+    if wants == "strings":
+        return not _is_string(value_type)
+    if wants == "bytes":
+        return not (pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type))
+    if wants == "timestamps":
+        return not (pa.types.is_timestamp(value_type) or pa.types.is_date(value_type))
+    return False  # a type MLflow added since: the model's own contract still checks the column
+
+
+def signature_contract(inputs: list[dict[str, Any]], where: str) -> Contract:
+    """A pyfunc model's contract: its signature's columns, each of kind ``any``.
+
+    MLflow converts the columns itself (``predict`` enforces the signature), so batch-infer only
+    hands them over as pandas reads them; a missing value is the model's business.
+    """
+    features = [
+        FeatureSpec(
+            str(column["name"]),
+            "any",
+            dtype=_SIGNATURE_DTYPES.get(str(column.get("type"))),
+            nullable=True,
+            source=f"MLflow signature ({column.get('type')})",
+        )
+        for column in inputs
+    ]
+    return Contract(features, origin=f"the MLflow signature of {where}")
+
+
+_SIGNATURE_DTYPES = {"string": "str"}
+
+
+def merge_signature(contract: Contract, inputs: list[dict[str, Any]], where: str) -> Contract:
+    """Say where the signature and the model disagree (``inspect`` shows it); the model's own
+    contract still decides how a column is handed over, the signature what a file must hold."""
+    by_name = {str(c["name"]): c for c in inputs}
+    notes = list(contract.notes)
+    missing = [n for n in contract.names if n not in by_name]
+    if missing:
+        notes.append(f"the signature lacks feature(s) the model uses: {', '.join(missing)}")
+    extra = [n for n in by_name if n not in contract.names]
+    if extra:
+        notes.append(f"the signature lists column(s) the model does not use: {', '.join(extra)}")
+    for spec in contract.features:
+        column = by_name.get(spec.name)
+        if column is None:
+            continue
+        kind = _SIGNATURE_TYPES.get(str(column.get("type")))
+        if spec.kind == "numeric" and kind in ("strings", "bytes"):
+            notes.append(
+                f"{spec.name!r}: the signature says {column.get('type')}, the model takes numbers"
+            )
+        if (
+            spec.kind in ("categorical", "text")
+            and kind in ("numbers", "integers")
+            and (spec.dtype == "str")
+        ):
+            notes.append(
+                f"{spec.name!r}: the signature says {column.get('type')}, the model takes text"
+            )
+    return replace(
+        contract, origin=f"{contract.origin}, checked with the MLflow signature", notes=notes
+    )

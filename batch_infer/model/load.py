@@ -59,6 +59,8 @@ class LoadedModel:
     # a mixed-type Pipeline's ColumnTransformer computed from Arrow (encoders.py), if it can be
     encoder: Any = field(default=None, repr=False)
     encoding: str | None = None  # how that ColumnTransformer runs: "arrow" or "scikit-learn: why"
+    registry: Any = None  # registry.RegistryModel: an MLflow model's name, version, sha256, ...
+    requirement_mismatches: list[str] = field(default_factory=list)  # recorded vs installed
 
     @property
     def sha256(self) -> str:
@@ -149,6 +151,10 @@ def load_model(
     ``runtime`` (default ``config.runtime``): with ``auto`` or ``compiled``, a verified compiled
     runtime cached for these files is used, and the model is never unpickled.
     """
+    from .registry import is_mlflow_uri
+
+    if is_mlflow_uri(config.path):
+        return _load_mlflow(config, columns, methods)
     runtime = runtime or config.runtime
     model_bytes, model_sha = read_artifact(config.path, config, "model", config.sha256)
     scaler_read = (
@@ -213,6 +219,164 @@ def _arrow_encoder(
         return None, f"scikit-learn: {why}"
     log.info("the ColumnTransformer is computed from Arrow (checked against scikit-learn's)")
     return encoder, "arrow"
+
+
+def _load_mlflow(
+    config: ModelConfig, columns: OutputColumns | None, methods: list[str] | None
+) -> LoadedModel:
+    """An MLflow model: resolved to one pinned version, its flavor loaded as the estimator it is
+    (scored through batch-infer's own path) or else through MLflow's pyfunc ``predict``."""
+    from . import registry
+    from .contract import merge_signature, signature_contract
+
+    if config.scaler:
+        raise ConfigError(
+            f"--scaler cannot be combined with the MLflow model {config.path}",
+            "log the scaler and the model as one Pipeline",
+        )
+    resolved = registry.resolve(config.path, config.registry_version, config.sha256)
+    mismatches = registry.check_requirements(resolved, config.strict_versions)
+    signature = resolved.signature_inputs
+    if resolved.flavor in registry.ESTIMATOR_FLAVORS:
+        estimator = _flavor_estimator(resolved, config)
+        outputs = plan_outputs(estimator.obj, methods, columns or OutputColumns(), config.path)
+        kind, classes = _kind(estimator)
+        configured = config.features
+        if configured is None and signature and _fitted_names(estimator.obj) is None:
+            configured = [str(c["name"]) for c in signature]
+        features = _features(configured, estimator, None)
+        contract = derive_contract(estimator.obj, None, features)
+        if signature:
+            contract = merge_signature(contract, signature, config.path)
+    else:
+        estimator, outputs = _pyfunc_estimator(resolved, columns or OutputColumns(), methods)
+        kind, classes = "other", None
+        if signature is None:
+            raise ModelError(
+                f"{config.path} is a {resolved.flavor} model without an input signature",
+                "log it with a signature (mlflow.models.infer_signature) so batch-infer knows "
+                "its columns",
+            )
+        contract = signature_contract(signature, config.path)
+    contract_sha256 = None
+    if config.contract:  # no default contract file beside a registry URI
+        contract, contract_sha256 = _saved_contract(config, contract)
+    return LoadedModel(
+        estimator=estimator,
+        scaler=None,
+        contract=contract,
+        outputs=outputs,
+        kind=kind,
+        classes=classes,
+        version=config.version or resolved.label,
+        contract_sha256=contract_sha256,
+        registry=resolved,
+        requirement_mismatches=mismatches,
+    )
+
+
+def _flavor_estimator(resolved: Any, config: ModelConfig) -> Artifact:
+    """The sklearn (pickle, cloudpickle or skops: our trusted-type rules), XGBoost, LightGBM or
+    CatBoost estimator of an MLflow model; the sha256 is the whole folder's, checked already."""
+    flavor = resolved.flavor
+    conf = resolved.flavors[flavor]
+    if flavor == "sklearn":
+        path = resolved.folder / conf.get("pickled_model", "model.pkl")
+        url = str(path)
+        if conf.get("serialization_format") == "skops" and not url.endswith(".skops"):
+            url += "#.skops"
+        artifact = deserialize(path.read_bytes(), resolved.sha256, url, config, "model")
+        return Artifact(artifact.obj, config.path, resolved.sha256, artifact.saved_sklearn_version)
+    import importlib
+
+    from .registry import import_mlflow
+
+    import_mlflow()
+    try:
+        module = importlib.import_module(f"mlflow.{flavor}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # MLflow's notes on its own APIs
+            obj = module.load_model(str(resolved.folder))
+    except ImportError as exc:
+        raise ModelError(
+            f"{config.path} is a {flavor} model, and {exc.name or flavor} is not installed",
+            f"pip install 'batch-infer[{flavor}]'",
+        ) from None
+    except Exception as exc:
+        raise ModelError(
+            f"cannot load the {flavor} model {config.path}: {type(exc).__name__}: "
+            f"{first_line(exc)}",
+            "install the versions it was logged with (its requirements.txt)",
+        ) from None
+    return Artifact(obj, config.path, resolved.sha256, None)
+
+
+class PyfuncModel:
+    """An MLflow pyfunc model as an estimator: ``predict(DataFrame)``, its result as an array."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def predict(self, frame: Any) -> Any:
+        result = self.model.predict(frame)
+        if hasattr(result, "to_numpy"):
+            return result.to_numpy()
+        return np.asarray(result)
+
+
+def _pyfunc_estimator(
+    resolved: Any, columns: OutputColumns, methods: list[str] | None
+) -> tuple[Artifact, OutputPlan]:
+    """Any other flavor through MLflow's pyfunc; its columns named by the output signature."""
+    import pyarrow as pa
+
+    from .outputs import OutputColumn
+
+    if methods and methods != ["predict"]:
+        raise ConfigError(
+            f"--outputs {','.join(methods)}: {resolved.source} is scored through MLflow's "
+            "pyfunc predict only",
+            "leave --outputs out, or use predict",
+        )
+    from .registry import import_mlflow
+
+    mlflow = import_mlflow()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = mlflow.pyfunc.load_model(str(resolved.folder))
+    except Exception as exc:
+        raise ModelError(
+            f"cannot load the MLflow model {resolved.source}: {type(exc).__name__}: "
+            f"{first_line(exc)}",
+            "install what it was logged with (its requirements.txt)",
+        ) from None
+    raw = (resolved.mlmodel.get("signature") or {}).get("outputs")
+    specs = json.loads(raw) if isinstance(raw, str) else (raw or [])
+    types = {
+        "double": pa.float64(),
+        "float": pa.float32(),
+        "long": pa.int64(),
+        "integer": pa.int32(),
+        "boolean": pa.bool_(),
+        "string": pa.string(),
+    }
+    named = [s for s in specs if isinstance(s, dict) and s.get("name")]
+    if not named:  # one array (or no output signature): one column
+        kind = specs[0].get("type") if specs and isinstance(specs[0], dict) else None
+        out = [OutputColumn(columns.prediction, types.get(kind, pa.float64()), "predict")]
+    else:  # a DataFrame: a column per named output
+        out = [
+            OutputColumn(
+                f"{columns.prediction}_{s['name']}",
+                types.get(s.get("type"), pa.float64()),
+                "predict",
+                index=i,
+            )
+            for i, s in enumerate(named)
+        ]
+    artifact = Artifact(PyfuncModel(model), resolved.source, resolved.sha256, None)
+    return artifact, OutputPlan(["predict"], out)
 
 
 def _compiled_model(
