@@ -54,8 +54,8 @@ def _source_rows() -> pa.Table:
     return rows.append_column("day", pa.array([1 + i % 2 for i in range(2_000)], pa.int64()))
 
 
-def _invoke(*args: str):
-    return CliRunner().invoke(app, list(args))
+def _invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, list(args), env=env)
 
 
 def test_inspect_a_delta_table_and_an_iceberg_table(tmp_path, churn_input, model):
@@ -136,31 +136,32 @@ def test_validate_checks_table_inputs_and_outputs_and_writes_nothing(tmp_path, m
     assert report["rows"] == 2_000 and report["output_state"] == "empty or new"
     assert not table.exists()  # nothing created
 
-    run(make_config(f"delta:{source}@0", f"delta:{table}", model, run_date=RUN_DATE,
-                    output={"partition_by": ["day"]}))  # fmt: skip
+    done = _invoke("run", "-i", f"delta:{source}@0", "-o", f"delta:{table}", *common)
+    assert done.exit_code == 0, done.stderr
+    after_run = sorted(p.relative_to(table) for p in table.rglob("*"))
     again = _invoke("validate", "-i", f"delta:{source}@0", "-o", f"delta:{table}", *common,
                     "--output-format", "json")  # fmt: skip
     assert again.exit_code == 5  # the run key is committed: --mode error would refuse it
     assert "already holds this run" in again.stderr and "version 0" in again.stderr
     skip = _invoke("validate", "-i", f"delta:{source}@0", "-o", f"delta:{table}", *common,
-                   "--if-exists", "skip", "--output-format", "json")  # fmt: skip
+                   "--output-format", "json", env={"BATCH_INFER_OUTPUT__IF_EXISTS": "skip"})  # fmt: skip
     assert skip.exit_code == 0, skip.stderr
     assert json.loads(skip.stdout.strip().splitlines()[-1])["output_state"] == (
         "holds a committed result"
     )
 
-    # an existing table whose column cannot take the output's: exit 5 naming both types
+    # an existing table without a column the output has: exit 5 naming it
     other = tmp_path / "other"
     wrong = _source_rows().slice(0, 3).append_column("probability", pa.array(["x"] * 3))
     deltalake.write_deltalake(str(other), wrong, partition_by=["day"])
     refused = _invoke("validate", "-i", f"delta:{source}", "-o", f"delta:{other}", *common)
     assert refused.exit_code == 5
     assert refused.stderr.strip().splitlines()[-1] == (
-        f"Error: column 'probability' is double in the output but string in delta:{other} "
-        "— cast it upstream, or write to another table"
+        f"Error: delta:{other} has no column 'prediction' (int64) that the output has — add "
+        "the column to the table, or write to another table"
     )
-    for folder in (table, other):
-        assert not (folder / "_batch_infer" / "_staging").exists()
+    assert sorted(p.relative_to(table) for p in table.rglob("*")) == after_run
+    assert not (other / "_batch_infer").exists()
     assert deltalake.DeltaTable(str(table)).version() == 0
     assert deltalake.DeltaTable(str(other)).version() == 0
 
