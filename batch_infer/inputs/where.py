@@ -339,9 +339,6 @@ class Where:
     text: str
     node: Node
 
-    def columns(self) -> set[str]:
-        return {c.name for leaf in _leaves(self.node) for c in _leaf_columns(leaf)}
-
     def bind(self, schema: pa.Schema) -> pc.Expression:
         """The row filter on ``schema``; an unknown column or a mistyped literal is refused."""
         return _Binder(self.text, schema).node(self.node)
@@ -357,13 +354,16 @@ class Where:
             return []
         names = set(schema.names)
         binder = _Binder(self.text, schema)
-        table = pa.table(
-            {
-                f.name: pa.array([p.get(f.name) for p in partitions], pa.string()).cast(f.type)
-                for f in schema
-            },
-            schema=schema,
-        )
+        try:
+            table = pa.table(
+                {
+                    f.name: pa.array([p.get(f.name) for p in partitions], pa.string()).cast(f.type)
+                    for f in schema
+                },
+                schema=schema,
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a value the reader would refuse
+            return [True] * len(partitions)  # reading says which; pruning never hides it
         leaves = [
             leaf for leaf in _leaves(self.node) if {c.name for c in _leaf_columns(leaf)} <= names
         ]
@@ -646,7 +646,14 @@ def _iceberg(node: Node, binder: _Binder) -> Any:
     if isinstance(node, Const):
         return ice.AlwaysTrue() if node.value else ice.AlwaysFalse()
     if isinstance(node, Not):
-        inner = _iceberg(node.item, binder)
+        # pyiceberg rewrites NOT (x < 5) as x >= 5, which NaN fails but the negation passes
+        floats = [
+            leaf
+            for leaf in _leaves(node.item)
+            for column in _leaf_columns(leaf)
+            if pa.types.is_floating(_plain(binder.field(column).type))
+        ]
+        inner = None if floats else _iceberg(node.item, binder)
         return None if inner is None else ice.Not(inner)
     if isinstance(node, And):
         parts = [p for p in (_iceberg(i, binder) for i in node.items) if p is not None]
@@ -670,6 +677,8 @@ def _iceberg(node: Node, binder: _Binder) -> Any:
         return (ice.NotIn if node.negated else ice.In)(node.column.name, values)
     if isinstance(node, Between):
         name = node.column.name
+        if node.negated and pa.types.is_floating(_plain(binder.field(node.column).type)):
+            return None  # as for NOT above: NaN is NOT BETWEEN anything
         inside = ice.And(
             ice.GreaterThanOrEqual(name, value(node.column, node.low)),
             ice.LessThanOrEqual(name, value(node.column, node.high)),
