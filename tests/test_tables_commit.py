@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 deltalake = pytest.importorskip("deltalake")
@@ -159,6 +160,16 @@ def test_two_runs_into_one_iceberg_table_at_once_both_land_once(
         assert_same_rows(
             _by_date(rows, date), folder_reference(tmp_path, churn_input, model, run_date=date)
         )
+    # pyiceberg's add_files computed each file's column statistics from its footer
+    schema = table.schema()
+    for task in table.scan().plan_files():
+        file = task.file
+        assert file.record_count > 0
+        for name in ("customer_id", "probability", "predicted_at", "day"):
+            field_id = schema.find_field(name).field_id
+            assert field_id in file.lower_bounds and field_id in file.upper_bounds, name
+            assert file.null_value_counts[field_id] == 0
+            assert file.value_counts[field_id] == file.record_count
     data = warehouse / "db" / "scores" / "data"
     named = {
         t.file.file_path.removeprefix("file://").removeprefix(f"{data}/")
@@ -225,3 +236,121 @@ def test_a_successful_run_removes_only_old_unlocked_leftovers_of_runs_that_never
         _by_date(rows, DATES[1]),
         folder_reference(tmp_path, churn_input, model, run_date=DATES[1]),
     )
+
+
+# -- Delta statistics ---------------------------------------------------------------------------
+
+
+def _logged_stats(table: Path) -> dict[str, dict]:
+    """{data file: its parsed ``stats``} from the JSON commits of a table's log."""
+    import json
+
+    found = {}
+    for commit in sorted((table / "_delta_log").glob("*.json")):
+        for line in commit.read_text().splitlines():
+            action = json.loads(line)
+            if "add" in action:
+                found[action["add"]["path"]] = json.loads(action["add"]["stats"])
+    return found
+
+
+def _reference_stats(rows: pa.Table, where: Path) -> tuple[dict, dict]:
+    """What delta-rs itself records for ``rows`` in one file: (stats JSON, flattened add action)."""
+    deltalake.write_deltalake(str(where), rows)
+    (stats,) = _logged_stats(where).values()
+    (action,) = pa.table(deltalake.DeltaTable(str(where)).get_add_actions(flatten=True)).to_pylist()
+    return stats, action
+
+
+def _stat_columns(action: dict) -> dict:
+    return {
+        k: v
+        for k, v in action.items()
+        if k == "num_records" or k.startswith(("min.", "max.", "null_count."))
+    }
+
+
+def test_delta_statistics_are_what_delta_rs_writes_for_the_same_rows(tmp_path):
+    """Hostile values: NaN, signed zeros, strings past the 64-byte cut (multibyte too),
+    timestamps with microseconds and before 1970, nulls, all-null and all-NaN columns, nested,
+    list and binary columns; ``delta_stats`` gives delta-rs's own answer for each."""
+    import datetime as dt
+    import decimal
+    import json
+
+    from batch_infer.targets.delta import delta_stats
+
+    utc = dt.UTC
+    rows = pa.table(
+        {
+            "i": pa.array([3, None, -7], pa.int64()),
+            "small": pa.array([1, 2, None], pa.int16()),
+            "f": pa.array([1.5, float("nan"), -2.25]),
+            "zeros": pa.array([0.0, -0.0, 0.0]),
+            "f32": pa.array([0.1, 2.5, None], pa.float32()),
+            "nan": pa.array([float("nan")] * 3),
+            "empty": pa.array([None, None, None], pa.string()),
+            "s": pa.array(["b" * 100, "a", None]),
+            "wide": pa.array(["é" * 50, "ü" * 40, "z" * 64]),
+            "ts": pa.array(
+                [
+                    dt.datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=utc),
+                    dt.datetime(1960, 5, 1, 0, 0, 0, 1, tzinfo=utc),
+                    None,
+                ],
+                pa.timestamp("us", "UTC"),
+            ),
+            "naive": pa.array(
+                [dt.datetime(2026, 1, 1, 0, 0, 0, 999999), dt.datetime(2020, 1, 1), None],
+                pa.timestamp("us"),
+            ),
+            "d": pa.array([dt.date(2026, 1, 1), dt.date(999, 2, 2), None]),
+            "b": pa.array([True, False, None]),
+            "dec": pa.array(
+                [decimal.Decimal("1.25"), None, decimal.Decimal("-3.50")], pa.decimal128(10, 2)
+            ),  # fmt: skip
+            "nested": pa.array(
+                [{"x": 1, "y": "q"}, None, {"x": 5, "y": None}],
+                pa.struct([("x", pa.int64()), ("y", pa.string())]),
+            ),
+            "l": pa.array([[1], None, [2, 3]], pa.list_(pa.int64())),
+            "bin": pa.array([b"x", None, b"y"]),
+        }
+    )
+    want, action = _reference_stats(rows, tmp_path / "reference")
+    got = delta_stats(rows)
+    got = json.loads(json.dumps(got))
+    for part in ("minValues", "maxValues", "nullCount"):  # one at a time: readable failures
+        assert got[part] == want[part], part
+    assert got == want
+    # signed zeros compare equal as numbers: their signs, as delta-rs writes them
+    assert str(got["minValues"]["zeros"]) == "-0.0" and str(want["minValues"]["zeros"]) == "-0.0"
+    assert str(got["maxValues"]["zeros"]) == "0.0"
+    assert set(want["minValues"]) >= {"s", "wide", "ts", "naive", "d", "dec", "nested"}
+
+    # only the first 32 columns get statistics (delta.dataSkippingNumIndexedCols), as delta-rs
+    many = pa.table({f"c{i:02d}": pa.array([i, i + 1]) for i in range(40)})
+    assert json.loads(json.dumps(delta_stats(many))) == _reference_stats(many, tmp_path / "m")[0]
+
+
+def test_a_delta_run_records_statistics_for_data_skipping(tmp_path, churn_input, model):
+    """Every add action of a run carries min/max/null counts equal to those delta-rs writes for
+    the same rows (``get_add_actions(flatten=True)``), and a filtered read skips files."""
+    table = tmp_path / "scores"
+    done = cli(command(churn_input, f"delta:{table}", model))
+    assert done.returncode == 0, done.stderr
+    ours = pa.table(deltalake.DeltaTable(str(table)).get_add_actions(flatten=True)).to_pylist()
+    logged = _logged_stats(table)
+    assert len(ours) >= 2
+    for i, action in enumerate(ours):
+        rows = pq.read_table(table / action["path"])
+        want, reference = _reference_stats(rows, tmp_path / f"reference-{i}")
+        assert logged[action["path"]] == want
+        assert _stat_columns(action) == _stat_columns(reference)
+        assert action["min.probability"] is not None and action["null_count.customer_id"] == 0
+    # a predicate the statistics exclude for some files: delta-rs skips them
+    lowest = min(a["max.customer_id"] for a in ours)
+    kept = deltalake.DeltaTable(str(table)).file_uris(
+        file_pruning_predicate=f"customer_id <= {lowest}"
+    )
+    assert 0 < len(kept) < len(ours)

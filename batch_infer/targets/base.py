@@ -21,11 +21,13 @@ from ..config import OutputConfig
 
 @dataclass(frozen=True)
 class OutputFile:
-    """A written Parquet file: its path relative to the output root, its rows and size."""
+    """A written Parquet file: its path relative to the output root, its rows and size, and
+    for a table the statistics its commit records (Delta's ``stats`` JSON), if any."""
 
     path: str
     rows: int
     bytes: int = 0
+    stats: str | None = None
 
 
 @dataclass(frozen=True)

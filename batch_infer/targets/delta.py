@@ -12,6 +12,7 @@ concurrent writers without a locking provider, so nothing unsafe is switched on.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import fsspec.utils
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import storage
 from ..errors import ConfigError, OutputConflictError, first_line
@@ -95,6 +97,123 @@ def delta_storage_options(url: str, storage_options: dict[str, Any]) -> dict[str
         if endpoint.startswith("http://"):
             options.setdefault("AWS_ALLOW_HTTP", "true")
     return options
+
+
+# -- file statistics, as delta-rs writes them ----------------------------------------------------
+
+STATS_TRUNCATE = 64  # bytes: parquet-rs truncates string statistics to this (delta-rs's writer)
+INDEXED_COLUMNS = 32  # delta.dataSkippingNumIndexedCols's default: the first 32 data columns
+
+
+def delta_stats(rows: pa.Table, indexed: int | list[str] = INDEXED_COLUMNS) -> dict[str, Any]:
+    """A data file's ``stats`` (numRecords, minValues, maxValues, nullCount), value for value as
+    delta-rs's own writer records them, so Spark, Trino and delta-rs skip files by them.
+
+    ``rows`` are the file's columns (partition columns are in the log, not here); ``indexed``
+    is how many leading columns get statistics (-1: all) or their names. As delta-rs: NaN is
+    ignored (all NaN: no min/max), a zero minimum is -0.0 and a zero maximum +0.0, strings longer
+    than 64 bytes are cut (the maximum then rounded up), timestamps are given to the
+    millisecond (cut, not rounded), decimals as numbers; binary, list and map columns get none.
+    """
+    fields = list(rows.schema)
+    if isinstance(indexed, int):
+        fields = fields if indexed < 0 else fields[:indexed]
+    else:
+        fields = [f for f in fields if f.name in indexed]
+    minimum: dict[str, Any] = {}
+    maximum: dict[str, Any] = {}
+    nulls: dict[str, Any] = {}
+    for f in fields:
+        _column_stats(f.name, rows.column(f.name), minimum, maximum, nulls)
+    return {
+        "numRecords": rows.num_rows,
+        "minValues": minimum,
+        "maxValues": maximum,
+        "nullCount": nulls,
+    }
+
+
+def _column_stats(
+    name: str, column: Any, minimum: dict[str, Any], maximum: dict[str, Any], nulls: dict[str, Any]
+) -> None:
+    t = column.type
+    if pa.types.is_struct(t):
+        inner: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = ({}, {}, {})
+        for i, child in enumerate(t):
+            _column_stats(child.name, pc.struct_field(column, [i]), *inner)
+        for into, values in zip((minimum, maximum, nulls), inner, strict=True):
+            if values:
+                into[name] = values
+        return
+    if not (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_date(t)
+        or pa.types.is_timestamp(t)
+        or pa.types.is_decimal(t)
+    ):
+        return
+    nulls[name] = column.null_count
+    if column.null_count == len(column):
+        return
+    bounds = pc.min_max(column)
+    low, high = bounds["min"], bounds["max"]
+    try:
+        values = _stat_value(low, t, "min"), _stat_value(high, t, "max")
+    except (OverflowError, ValueError):  # a date or time Python cannot hold: no bounds at all
+        return
+    if values[0] is None or values[1] is None:
+        return
+    minimum[name], maximum[name] = values
+
+
+def _stat_value(scalar: Any, t: pa.DataType, which: str) -> Any:
+    if pa.types.is_timestamp(t):
+        micros = pc.cast(scalar, pa.timestamp("us", t.tz)).cast(pa.int64()).as_py()
+        seconds, fraction = divmod(micros, 1_000_000)
+        moment = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=seconds)
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S" if t.tz else "%Y-%m-%d %H:%M:%S")
+        if moment.year < 1000:
+            text = f"{moment.year:04d}{text[len(str(moment.year)) :]}"
+        if fraction:
+            text += f".{fraction // 1000:03d}"
+        return text + ("Z" if t.tz else "")
+    value = scalar.as_py()
+    if pa.types.is_floating(t):
+        if value != value:  # NaN: every value was NaN
+            return None
+        if value == 0:
+            value = -0.0 if which == "min" else 0.0
+        return value
+    if pa.types.is_decimal(t):
+        return float(value)
+    if pa.types.is_date(t):
+        return value.isoformat()
+    if isinstance(value, str):
+        return _truncated(value, which)
+    return value
+
+
+def _truncated(text: str, which: str) -> str:
+    """parquet-rs's statistics truncation: a minimum cut to 64 bytes (at a character boundary),
+    a maximum cut to 61-64 bytes and its last character that can be incremented incremented
+    (else the whole value)."""
+    data = text.encode()
+    if len(data) <= STATS_TRUNCATE:
+        return text
+    if which == "min":
+        return data[:STATS_TRUNCATE].decode(errors="ignore")
+    cut = data[:STATS_TRUNCATE].decode(errors="ignore")
+    for index in range(len(cut) - 1, -1, -1):
+        code = ord(cut[index]) + 1
+        if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
+            continue
+        if len(chr(code).encode()) == len(cut[index].encode()):
+            return cut[:index] + chr(code)
+    return text
 
 
 def open_delta(
@@ -192,6 +311,29 @@ class DeltaTarget(TableTarget):
         arrow = pa.schema(table.schema().to_arrow())
         return arrow, list(table.metadata().partition_columns)
 
+    def file_statistics(self, rows: pa.Table) -> str | None:
+        """Delta's per-file ``stats`` (see ``delta_stats``), for the columns the table's
+        ``delta.dataSkippingStatsColumns`` / ``delta.dataSkippingNumIndexedCols`` name."""
+        return json.dumps(delta_stats(rows, self._indexed_columns()))
+
+    def _indexed_columns(self) -> int | list[str]:
+        """Which columns get statistics: the table's setting, read once per process."""
+        if "indexed" not in self._checked:
+            table = self._table()
+            configuration = dict(table.metadata().configuration) if table is not None else {}
+            named = configuration.get("delta.dataSkippingStatsColumns")
+            count = configuration.get("delta.dataSkippingNumIndexedCols")
+            indexed: int | list[str] = INDEXED_COLUMNS
+            if named:
+                indexed = [n.strip().strip("`") for n in named.split(",") if n.strip()]
+            elif count is not None:
+                try:
+                    indexed = int(count)
+                except ValueError:
+                    pass
+            self._checked["indexed"] = indexed
+        return self._checked["indexed"]
+
     def table_committed(self, key: str) -> Committed | None:
         table = self._table()
         if table is None or table.transaction_version(APP_PREFIX + key) is None:
@@ -247,7 +389,7 @@ class DeltaTarget(TableTarget):
                 partition_values=partition_values_of(f.path),
                 modification_time=now,
                 data_change=True,
-                stats=json.dumps({"numRecords": f.rows}),
+                stats=f.stats or json.dumps({"numRecords": f.rows}),
             )
             for f in files
         ]

@@ -23,7 +23,7 @@ import posixpath
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +34,10 @@ import pyarrow.parquet as pq
 from .. import failpoints, lock, storage
 from ..config import OutputConfig
 from ..errors import ConfigError, LockedError, OutputConflictError, first_line
-from .base import OutputFile
+from .base import FragmentRecord, OutputFile
 from .folder import (
     COMMIT_INTENT,
+    DONE,
     REJECTS,
     STAGING,
     FolderTarget,
@@ -155,12 +156,15 @@ def write_partitioned(
     keep_partition_columns: bool,
     dictionary_columns: list[str] | bool = True,
     where: str = "",
+    statistics: Callable[[pa.Table], str | None] | None = None,
 ) -> list[OutputFile]:
     """Write a fragment's rows as Parquet files under ``base/<col>=<value>/prefix-<i>.parquet``.
 
     Delta keeps partition values only in its log (``keep_partition_columns=False``); Iceberg's
     files hold the partition columns too (``add_files`` reads the values from their statistics).
     A fragment is one row group of the input: it is gathered in memory and split by partition.
+    ``statistics`` gives each file's statistics for the commit, computed here on the worker
+    from the rows in memory rather than by reading every footer back at commit time.
     """
     table = pa.Table.from_batches(list(batches), schema=schema)
     if partition_by:
@@ -205,7 +209,8 @@ def write_partitioned(
                     use_dictionary=dictionary_columns,
                 )
                 size = handle.tell()
-            written.append(OutputFile(relative, chunk.num_rows, size))
+            stats = statistics(chunk) if statistics is not None else None
+            written.append(OutputFile(relative, chunk.num_rows, size, stats))
     return sorted(written, key=lambda f: f.path)
 
 
@@ -381,7 +386,48 @@ class TableTarget(FolderTarget):
             self.keep_partition_columns,
             dictionary_columns=dictionary_columns,
             where=fragment_name,
+            statistics=self.file_statistics,
         )
+
+    def file_statistics(self, rows: pa.Table) -> str | None:
+        """The statistics a commit records for a data file of ``rows`` (None: the format
+        derives its own, as Iceberg's ``add_files`` does from the footer)."""
+        return None
+
+    def record_fragment(
+        self,
+        fragment_name: str,
+        files: list[OutputFile],
+        statistics: dict[str, Any] | None = None,
+    ) -> None:
+        """As a folder's, keeping each data file's statistics for the commit."""
+        record = {
+            "files": [
+                {"path": f.path, "rows": f.rows, "bytes": f.bytes, "stats": f.stats} for f in files
+            ],
+            "statistics": statistics,
+        }
+        storage.write_bytes_atomically(
+            self.fs,
+            storage.join(self.staging, DONE, f"{fragment_name}.json"),
+            json.dumps(record).encode(),
+        )
+
+    def recorded_fragments(self) -> dict[str, FragmentRecord]:
+        """As a folder's, with each data file's statistics (None in records written without)."""
+        done: dict[str, FragmentRecord] = {}
+        for path in self.fs.glob(storage.join(self.staging, DONE, "*.json")):
+            try:
+                record = json.loads(self.fs.cat_file(path))
+            except (OSError, ValueError):
+                continue  # half-written record: redo that fragment
+            name = posixpath.basename(path).removesuffix(".json")
+            files = [
+                OutputFile(f["path"], f["rows"], f.get("bytes", 0), f.get("stats"))
+                for f in record["files"]
+            ]
+            done[name] = FragmentRecord(files, record.get("statistics"))
+        return done
 
     def stage_empty(self, schema: pa.Schema, partition_by: list[str]) -> OutputFile:
         """No rows: the commit adds no file (the table keeps its schema), only the run key."""
@@ -589,6 +635,7 @@ class TableTarget(FolderTarget):
             "manifest": manifest,
             "schema": schema.serialize().to_pybytes().hex(),
             "partition_by": manifest.get("partition_by") or [],
+            "stats": {f.path: f.stats for f in data if f.stats},
         }
         storage.write_bytes_atomically(
             self.fs, storage.join(self.staging, COMMIT_INTENT), json.dumps(intent).encode()
@@ -624,7 +671,11 @@ class TableTarget(FolderTarget):
         storage.write_bytes_atomically(
             self.fs, storage.join(self.root, manifest_path), json.dumps(manifest, indent=2).encode()
         )
-        files = [OutputFile(e["path"], e["rows"], e["bytes"]) for e in manifest["files"]]
+        stats = intent.get("stats") or {}
+        files = [
+            OutputFile(e["path"], e["rows"], e["bytes"], stats.get(e["path"]))
+            for e in manifest["files"]
+        ]
         properties = {
             RUN_KEY: self.staging_key,
             RUN_ID: run_id,
