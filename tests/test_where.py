@@ -349,3 +349,22 @@ def test_pruning_and_filtering_select_what_pyarrow_selects(tmp_path, text, expec
         str(got.to_pylist()) == str(want.to_pylist())
     )
     assert plan.row_groups_pruned == pruned  # of the three two-row groups
+
+
+def test_dask_workers_filter_as_the_local_engine_does(tmp_path, model, by_date):
+    """The row filter travels to the workers with the job: the same rows as the local engine."""
+    pytest.importorskip("distributed")
+    where = {"where": "event_date != '2026-01-04' AND tenure >= 36"}
+    local = run(make_config(by_date, tmp_path / "local", model, input=where, run_date="2026-01-05"))
+    dask = run(
+        make_config(
+            by_date,
+            tmp_path / "dask",
+            model,
+            input=where,
+            run_date="2026-01-05",
+            engine={"kind": "dask", "workers": 1},
+        )
+    )
+    assert dask.engine == "dask" and dask.rows_out == local.rows_out > 0
+    assert _scored(tmp_path / "dask").equals(_scored(tmp_path / "local"))
