@@ -40,6 +40,8 @@ _SAFE_READER_FEATURES = {
     "deletionVectors",
     "typeWidening",
     "typeWidening-preview",
+    "variantType",  # delta-rs sets it on new tables; a variant column itself is refused
+    "variantType-preview",
 }
 
 
@@ -171,6 +173,11 @@ def _refuse_unreadable(table: Any, name: str) -> None:
         raise ConfigError(
             f"{name} uses column mapping (mode {mode}), which batch-infer cannot read",
             "score a copy of the table without column mapping, or export it to Parquet",
+        )
+    if re.search(r'"type":\s*"variant"', table.schema().to_json()):
+        raise ConfigError(
+            f"{name} has a variant column, which batch-infer cannot read",
+            "score a copy of the table with the variant column cast or dropped",
         )
     unknown = sorted(features - _SAFE_READER_FEATURES)
     if protocol.min_reader_version > 3 or unknown:
