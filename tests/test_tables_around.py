@@ -20,6 +20,9 @@ from batch_infer.cli import app
 
 from .conftest import churn_table, make_config, read_output
 from .tables_helpers import assert_same_rows, folder_reference
+from .test_report_html import browser as _browser
+
+browser = _browser  # the fixture (headless Chromium), for this module
 
 deltalake = pytest.importorskip("deltalake")
 pytest.importorskip("pyiceberg")
@@ -181,7 +184,7 @@ def test_report_and_metrics_name_the_version_read_and_the_commit(tmp_path, model
     read and the snapshot committed; the HTML report, opened in headless Chromium, shows both."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from .test_report_html import open_offline
+    from .test_report_html import open_offline  # noqa: PLC0415
 
     source, warehouse = tmp_path / "source", tmp_path / "warehouse"
     rows = _source_rows()
