@@ -355,7 +355,7 @@ def bench_summary() -> str:
     command = facts["command"]
     command = command if command.startswith("`") else f"`{command}`"
     runs = bench_results().get("runs")
-    medians = f", medians of {runs} runs" if runs else ""
+    medians = "" if not runs else ", one run each" if runs == 1 else f", medians of {runs} runs"
     return (
         f"Latest results: **{facts['date']}**, {command}{medians}, on {facts['machine']} "
         f"(from `benchmarks/results/latest.json`)."
