@@ -368,3 +368,23 @@ def test_dask_workers_filter_as_the_local_engine_does(tmp_path, model, by_date):
     )
     assert dask.engine == "dask" and dask.rows_out == local.rows_out > 0
     assert _scored(tmp_path / "dask").equals(_scored(tmp_path / "local"))
+
+
+def test_delta_input_where_prunes_by_the_logs_statistics(tmp_path, model):
+    """Three appends of ascending ids: the add actions' min/max rule out two files unread."""
+    deltalake = pytest.importorskip("deltalake")
+    table = churn_table(3_000, seed=8)
+    source = tmp_path / "source"
+    for start in (0, 1_000, 2_000):
+        deltalake.write_deltalake(str(source), table.slice(start, 1_000), mode="append")
+
+    out = tmp_path / "out"
+    text = "customer_id >= 2500 OR customer_id IS NULL"
+    report = run(make_config(f"delta:{source}", out, model, input={"where": text}))
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert len(manifest["inputs"]) == 1 and manifest["where"]["files_pruned"] == 2
+    want = deltalake.DeltaTable(str(source)).to_pyarrow_table(
+        filters=(pc.field("customer_id") >= 2500) | pc.field("customer_id").is_null()
+    )
+    assert report.rows_in == 1_000 and report.rows_out == want.num_rows == 500
+    assert _scored(out)["customer_id"].to_pylist() == sorted(want["customer_id"].to_pylist())

@@ -29,7 +29,7 @@ from ..config import InputConfig
 from ..errors import ConfigError, InputError, first_line, from_store
 from .base import InputFile, InputPlan
 from .folder import lossy_columns, lossy_error, read_footer, unify_schema
-from .where import Where, apply_where, parse_where, prune
+from .where import Statistics, Where, apply_where, parse_where, prune, prune_by_statistics
 
 # Reader features whose tables the data files read as plain Parquet still give exactly:
 # deletionVectors is checked per table (refused when any file has one).
@@ -149,8 +149,9 @@ def plan_delta(config: InputConfig) -> InputPlan:
             )
         )
     listed = len(files)
-    if where is not None:  # by the log's partition values: pruned files are never opened
+    if where is not None:  # by the log's partition values and statistics: never opened
         files = prune(where, files, [f.partition for f in files], partition_schema)
+        files = _prune_by_log_statistics(where, files, rows, delta_schema, partition_columns)
     return plan_data_files(
         config,
         fs,
@@ -162,6 +163,48 @@ def plan_delta(config: InputConfig) -> InputPlan:
         where,
         listed - len(files),
     )
+
+
+def _prune_by_log_statistics(
+    where: Where,
+    files: list[DataFile],
+    actions: list[dict[str, Any]],
+    schema: pa.Schema,
+    partition_columns: list[str],
+) -> list[DataFile]:
+    """Files whose add action's statistics prove no row matches are dropped. Strings and
+    timestamps are left out: writers truncate them (a prefix, milliseconds), so their max is
+    not an upper bound."""
+    by_path = {unquote(a["path"]): a for a in actions}
+    usable = [
+        f.name
+        for f in schema
+        if "." not in f.name
+        and not (
+            pa.types.is_string(f.type)
+            or pa.types.is_large_string(f.type)
+            or pa.types.is_string_view(f.type)
+            or pa.types.is_timestamp(f.type)
+            or pa.types.is_binary(f.type)
+            or pa.types.is_nested(f.type)
+        )
+    ]
+    statistics, rows = [], []
+    for file in files:
+        action = by_path.get(file.relative_path, {})
+        statistics.append(
+            {
+                name: Statistics(
+                    action.get(f"min.{name}"),
+                    action.get(f"max.{name}"),
+                    action.get(f"null_count.{name}"),
+                )
+                for name in usable
+                if f"null_count.{name}" in action or f"min.{name}" in action
+            }
+        )
+        rows.append(action.get("num_records"))
+    return prune_by_statistics(where, files, statistics, rows, schema, set(partition_columns))
 
 
 def _refuse_unreadable(table: Any, name: str) -> None:

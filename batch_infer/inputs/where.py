@@ -746,13 +746,7 @@ def _prune_row_groups(
 ) -> tuple[list[InputFile], int]:
     """Drop row groups whose Parquet statistics (min, max, null count) prove no row matches."""
     binder = _Binder(where.text, schema)
-    leaves = [  # conditions on one data column, which row group statistics describe
-        leaf
-        for leaf in _leaves(where.node)
-        if len(columns := _leaf_columns(leaf)) == 1
-        and columns[0].name in schema.names
-        and columns[0].name not in partitions
-    ]
+    leaves = _statistics_leaves(where, schema, partitions)
     if not leaves:
         return files, 0
     names = {_leaf_columns(leaf)[0].name for leaf in leaves}
@@ -772,17 +766,9 @@ def _prune_row_groups(
             stats: dict[str, Any] = {}
             for j in range(group.num_columns):
                 column = group.column(j)
-                if column.path_in_schema in usable:
-                    stats[column.path_in_schema] = (
-                        column.statistics if column.is_stats_set else None
-                    )
-            known = {}
-            for leaf in leaves:
-                name = _leaf_columns(leaf)[0].name
-                if name in stats and stats[name] is not None:
-                    floating = pa.types.is_floating(_plain(schema.field(name).type))
-                    known[id(leaf)] = _possible(leaf, binder, stats[name], group.num_rows, floating)
-            if True in _outcomes(where.node, known):
+                if column.path_in_schema in usable and column.is_stats_set:
+                    stats[column.path_in_schema] = column.statistics
+            if _may_match(where, binder, leaves, stats, group.num_rows):
                 kept.append(index)
         if len(kept) < file.num_row_groups:
             pruned += file.num_row_groups - len(kept)
@@ -791,11 +777,77 @@ def _prune_row_groups(
     return result, pruned
 
 
-def _possible(leaf: Leaf, binder: _Binder, stats: Any, rows: int, floating: bool) -> frozenset:
-    """The truth values ``leaf`` may take on a row group with these statistics."""
+@dataclass(frozen=True)
+class Statistics:
+    """A data file's column statistics as a table's log gives them (Delta's add actions), read
+    as a Parquet column chunk's are (``pyarrow.parquet.Statistics``)."""
+
+    min: Any
+    max: Any
+    null_count: int | None
+
+    @property
+    def has_min_max(self) -> bool:
+        return self.min is not None and self.max is not None
+
+    @property
+    def has_null_count(self) -> bool:
+        return self.null_count is not None
+
+
+def prune_by_statistics(
+    where: Where,
+    entries: list[T],
+    statistics: list[dict[str, Statistics]],
+    rows: list[int | None],
+    schema: pa.Schema,
+    partitions: set[str],
+) -> list[T]:
+    """The entries whose statistics do not prove that no row matches (at least the first one,
+    as in ``prune``)."""
+    binder = _Binder(where.text, schema)
+    leaves = _statistics_leaves(where, schema, partitions)
+    if not leaves or not entries:
+        return entries
+    kept = [
+        entry
+        for entry, stats, count in zip(entries, statistics, rows, strict=True)
+        if _may_match(where, binder, leaves, stats, count)
+    ]
+    return kept or entries[:1]
+
+
+def _statistics_leaves(where: Where, schema: pa.Schema, partitions: set[str]) -> list[Leaf]:
+    """Conditions on one data column: what column statistics can speak for."""
+    return [
+        leaf
+        for leaf in _leaves(where.node)
+        if len(columns := _leaf_columns(leaf)) == 1
+        and columns[0].name in schema.names
+        and columns[0].name not in partitions
+    ]
+
+
+def _may_match(
+    where: Where, binder: _Binder, leaves: list[Leaf], stats: dict[str, Any], rows: int | None
+) -> bool:
+    """Whether some row described by these statistics (column name -> statistics) may match."""
+    known = {}
+    for leaf in leaves:
+        name = _leaf_columns(leaf)[0].name
+        if name in stats:
+            floating = pa.types.is_floating(_plain(binder.schema.field(name).type))
+            known[id(leaf)] = _possible(leaf, binder, stats[name], rows, floating)
+    return True in _outcomes(where.node, known)
+
+
+def _possible(
+    leaf: Leaf, binder: _Binder, stats: Any, rows: int | None, floating: bool
+) -> frozenset:
+    """The truth values ``leaf`` may take on rows with these statistics."""
     nulls = stats.null_count if stats.has_null_count else None
     has_null = nulls is None or nulls > 0
-    if nulls is not None and nulls >= rows:  # all null
+    if nulls is not None and rows is not None and nulls >= rows:  # all null
         if isinstance(leaf, IsNull):
             return frozenset({not leaf.negated})
         return frozenset({None})
