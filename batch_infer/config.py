@@ -70,6 +70,11 @@ class ModelConfig(_Section):
     sha256: str | None = Field(
         None, description="Pin: the model file's sha256, checked before loading."
     )
+    registry_version: str | None = Field(
+        None,
+        description="MLflow models:/NAME@ALIAS only: the registered version to load instead of "
+        "the alias's current one (a run pins it itself, for its workers and its resume).",
+    )
     scaler_sha256: str | None = Field(None, description="Pin for the scaler file.")
     trusted_types: list[str] = Field(
         default_factory=list, description=".skops only: types to trust beyond the defaults."

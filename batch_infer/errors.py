@@ -84,6 +84,12 @@ class EngineUnavailable(BatchInferError):
     exit_code = 75
 
 
+class RegistryUnavailable(BatchInferError):
+    """The MLflow server could not be reached and the model is not cached: try later."""
+
+    exit_code = 75
+
+
 class Interrupted(BatchInferError):
     """The run was stopped by a signal; nothing was committed and it can be resumed."""
 

@@ -165,6 +165,9 @@ def build_manifest(prepared: PreparedRun, run_id: str, files: list[OutputFile]) 
             "saved_sklearn_version": model.estimator.saved_sklearn_version,
             "scaler_path": model.scaler.url if model.scaler else None,
             "scaler_sha256": model.scaler.sha256 if model.scaler else None,
+            # an MLflow model: source URI, name, version, alias, run id, sha256, flavor
+            "registry": model.registry.record() if model.registry is not None else None,
+            "requirement_mismatches": model.requirement_mismatches,
         },
         "runtime": model.runtime,
         "engine": engine_facts(prepared),

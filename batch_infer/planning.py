@@ -23,7 +23,8 @@ from .errors import (
 )
 from .inputs import InputPlan, plan_input
 from .model import LoadedModel, load_model
-from .model.contract import type_problem
+from .model.contract import signature_problem, type_problem
+from .model.registry import moved_alias
 from .observe.facts import RunFacts
 from .scoring import REJECT_FIELDS, ScoringSpec, output_fields
 from .targets import (
@@ -63,6 +64,9 @@ class PreparedRun:
 def prepare_run(config: RunConfig) -> PreparedRun:
     """Load the model, plan the input, check features and output: all before any scoring."""
     output_url = config.output_path
+    staged_pin = _registry_pin(config)  # an interrupted run's MLflow version, kept on resume
+    if staged_pin is not None:
+        config = config.model_copy(update={"model": staged_pin[0]})
     # Unpickling imports scikit-learn (~0.5 s of Python); reading footers waits on storage.
     # Overlap them. A model problem is reported first, as if loaded first.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-model") as pool:
@@ -75,6 +79,12 @@ def prepare_run(config: RunConfig) -> PreparedRun:
             model_future.result()
             raise
         model = model_future.result()
+    if staged_pin is not None and not _same_work(staged_pin[1], config, plan):
+        config = config.model_copy(update={"model": staged_pin[2]})  # another run: unpinned
+        staged_pin = None
+        model = load_model(config.model, config.output.columns, config.output.methods)
+    if model.registry is not None:
+        config = _pinned(config, model, staged_pin is not None)
     check_input_types(plan, model)
     spec = ScoringSpec(
         features=model.features,
@@ -97,15 +107,11 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         catalog=config.catalog,
     )
     if config.engine.kind == "dask":
-        model_fs, _ = storage.resolve(config.model.path, config.model.storage_options)
-        dask_engine.check_reachable(
-            config.engine,
-            {
-                "input": (plan.root, plan.fs),
-                "output": (target.url, target.fs),
-                "model": (config.model.path, model_fs),
-            },
-        )
+        reached = {"input": (plan.root, plan.fs), "output": (target.url, target.fs)}
+        if model.registry is None:  # an MLflow model: each worker gets it from the registry
+            model_fs, _ = storage.resolve(config.model.path, config.model.storage_options)
+            reached["model"] = (config.model.path, model_fs)
+        dask_engine.check_reachable(config.engine, reached)
     clash = [f.name for f in REJECT_FIELDS if f.name in plan.schema.names]
     if clash:
         raise ConfigError(
@@ -190,15 +196,22 @@ def build_output_schema(
 
 
 def check_input_types(plan: InputPlan, model: LoadedModel) -> None:
-    """Every feature column must exist in every file, with a type its contract accepts."""
+    """Every feature column must exist in every file, with a type its contract accepts (and,
+    for an MLflow model, the type its signature says; an optional column may be missing)."""
+    signature = model.registry.signature_inputs if model.registry is not None else None
+    optional = {str(c["name"]) for c in signature or [] if c.get("required") is False}
     for file in plan.files:
         schema = file.schema
+        if signature:
+            _check_signature(plan, file, signature, model.registry.source)
         for spec in model.contract.features:
             name = spec.name
             if name in plan.partition_schema.names and name not in schema.names:
                 field = plan.partition_schema.field(name)
             elif name in schema.names:
                 field = schema.field(name)
+            elif name in optional:
+                continue  # passed as missing, as MLflow does
             else:
                 raise InputError(
                     f"{file.url} has no column {name!r}, a feature the model needs",
@@ -211,6 +224,98 @@ def check_input_types(plan: InputPlan, model: LoadedModel) -> None:
                     "cast it upstream, leave it out of --features, or correct the model's "
                     "contract (batch-infer inspect MODEL shows it)",
                 )
+
+
+def _check_signature(
+    plan: InputPlan, file: Any, signature: list[dict[str, Any]], source: str
+) -> None:
+    """The MLflow signature's columns: each required one present, each with a type it allows."""
+    for column in signature:
+        name, expected = str(column["name"]), str(column.get("type"))
+        if name in file.schema.names:
+            found = file.schema.field(name).type
+        elif name in plan.partition_schema.names:
+            found = plan.partition_schema.field(name).type
+        elif column.get("required") is False:
+            continue
+        else:
+            raise InputError(
+                f"{file.url} has no column {name!r} ({expected}), required by the MLflow "
+                f"signature of {source}",
+                "add the column to the input, or log the model with the column optional",
+            )
+        if signature_problem(expected, found):
+            raise InputError(
+                f"column {name!r} in {file.url} is {found}, but the MLflow signature of "
+                f"{source} says {expected}",
+                "cast it upstream, or log the model with a signature that matches the data",
+            )
+
+
+def _registry_key(registry: Any) -> dict[str, Any]:
+    """What the run key takes from an MLflow model (the sha256 is the model's own key)."""
+    record = registry.record()
+    return {k: record[k] for k in ("source", "name", "version", "run_id", "sha256")}
+
+
+def _registry_pin(config: RunConfig) -> tuple[Any, dict[str, Any], Any] | None:
+    """The version an interrupted run of the same MLflow alias scored with, if there is one.
+
+    A resume must use exactly that version even if the alias has moved since (or the registry
+    is unreachable and the version is cached). Returns (pinned model config, its run record,
+    the unpinned model config).
+    """
+    from .model.registry import is_mlflow_uri
+
+    model = config.model
+    path = model.path
+    if not is_mlflow_uri(path) or model.registry_version or config.resume is False:
+        return None
+    if not path.startswith("models:/") or ("@" not in path and not path.endswith("/latest")):
+        return None  # a version number, a run or a folder names one model already
+    try:
+        probe = open_target(
+            config.output_path,
+            config.output.storage_options,
+            "0" * 16,
+            config.output.rejects,
+            catalog=config.catalog,
+        )
+        for key in probe.other_stagings():
+            record = probe.read_run_record(key) or {}
+            staged = (record.get("fingerprint") or {}).get("model_registry") or {}
+            if staged.get("source") == path and staged.get("version"):
+                pinned = model.model_copy(
+                    update={"registry_version": staged["version"], "sha256": staged.get("sha256")}
+                )
+                return pinned, record, model
+    except BatchInferError:
+        return None  # the output is looked at again, and reported, below
+    return None
+
+
+def _same_work(record: dict[str, Any], config: RunConfig, plan: InputPlan) -> bool:
+    """Whether the interrupted run read the same inputs: only then is its version kept."""
+    before = record.get("fingerprint") or {}
+    inputs = {f.url: [f.size, f.version] for f in plan.files}
+    return before.get("inputs") == inputs and before.get("input_version") == plan.version
+
+
+def _pinned(config: RunConfig, model: LoadedModel, resumed: bool) -> RunConfig:
+    """The run's config with the MLflow version it resolved: for Dask workers and the record."""
+    registry = model.registry
+    if resumed:
+        moved = moved_alias(registry)
+        log.warning(
+            "resuming with %s version %s, the version the interrupted run started with%s",
+            registry.name,
+            registry.version,
+            f" (the alias @{registry.alias} now points at version {moved})" if moved else "",
+        )
+    pinned = config.model.model_copy(
+        update={"registry_version": registry.version, "sha256": registry.sha256}
+    )
+    return config.model_copy(update={"model": pinned})
 
 
 def predicted_at_of(run_date: dt.date | None) -> dt.datetime:

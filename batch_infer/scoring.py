@@ -18,7 +18,7 @@ import pyarrow as pa
 from .config import OutputColumns
 from .errors import BatchInferError, ModelError, first_line
 from .model import LoadedModel
-from .model.inputs import Reason, missing_in_row, model_input, unscorable_rows
+from .model.inputs import Reason, column_of, missing_in_row, model_input, unscorable_rows
 from .model.outputs import columns_from_results
 
 PREDICTED_AT_TYPE = pa.timestamp("us", tz="UTC")
@@ -219,7 +219,7 @@ def _rows_with_missing(batch: pa.RecordBatch, features: list[str]) -> np.ndarray
 
     missing = np.zeros(batch.num_rows, dtype=bool)
     for name in features:
-        column = batch.column(name)
+        column = column_of(batch, name)
         if column.null_count:
             missing |= column.is_null().to_numpy(zero_copy_only=False)
         kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type

@@ -64,7 +64,7 @@ def model_input(batch: pa.RecordBatch, contract: Contract, encoder: Any = None) 
 def _pandas_column(batch: pa.RecordBatch, spec: FeatureSpec) -> Any:
     import pandas as pd
 
-    column = batch.column(spec.name)
+    column = column_of(batch, spec.name)
     if spec.kind == "numeric" and spec.dtype in (None, "float64"):
         return converted(batch, spec.name, "numbers", numeric_column)
     if spec.dtype == "category" and spec.categories is not None:
@@ -103,6 +103,13 @@ def category_positions(column: pa.Array, categories: list[Any]) -> pa.Array:
     return pc.index_in(column, value_set=value_set)
 
 
+def column_of(batch: pa.RecordBatch, name: str) -> pa.Array:
+    """The batch's column, or nulls for an optional column no input has (an MLflow signature's
+    optional column is passed as missing, as MLflow does)."""
+    index = batch.schema.get_field_index(name)
+    return batch.column(index) if index >= 0 else pa.nulls(batch.num_rows)
+
+
 def _is_stringy(column: pa.Array | pa.ChunkedArray) -> bool:
     kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
@@ -111,7 +118,7 @@ def _is_stringy(column: pa.Array | pa.ChunkedArray) -> bool:
 def converted(batch: pa.RecordBatch, name: str, what: str, convert: Any) -> Any:
     """Run a conversion; a failure is bad input naming the column, never the model's fault."""
     try:
-        return convert(batch.column(name))
+        return convert(column_of(batch, name))
     except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
         raise InputError(
             f"column {name!r} ({batch.schema.field(name).type}) cannot be converted to "
@@ -137,7 +144,7 @@ def unscorable_rows(
     if matrix is not None and np.isfinite(matrix).all():  # the usual case: one vectorised check
         return reasons
     for position, spec in enumerate(contract.features):
-        column = batch.column(spec.name)
+        column = column_of(batch, spec.name)
         if spec.kind == "numeric":
             _numeric_reasons(column, spec, reasons, _converted_values(features, spec, position))
         elif spec.nullable is False and column.null_count:
@@ -221,7 +228,7 @@ def _note(reasons: dict[int, Reason], mask: Any, column: str, code: str, message
 def missing_in_row(batch: pa.RecordBatch, row: int, contract: Contract) -> Reason | None:
     """The first missing (null or NaN) feature of a row, to say why the model refused it."""
     for spec in contract.features:
-        scalar = batch.column(spec.name)[row]
+        scalar = column_of(batch, spec.name)[row]
         if not scalar.is_valid:
             return spec.name, "NULL", f"null value in feature {spec.name!r}"
         value = scalar.as_py()
