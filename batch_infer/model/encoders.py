@@ -264,7 +264,9 @@ class ArrowColumnTransformer:
             return None
         try:
             return self.transform(batch)
-        except pa.ArrowException:  # a value Arrow cannot match: pandas and scikit-learn decide
+        except (pa.ArrowException, ValueError):
+            # a value Arrow cannot match, a category the encoder raises on: through pandas,
+            # the rows are set aside first (or scikit-learn's own error bisected)
             return None
 
     def _check(self, sample: pa.RecordBatch, contract: Contract, types: tuple[Any, ...]) -> bool:
@@ -289,7 +291,7 @@ class ArrowColumnTransformer:
         frame = model_input(sample, contract)
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error")
+                warnings.simplefilter("ignore")  # e.g. unknown categories of a dropped one-hot
                 expected = self.column_transformer.transform(frame)
         except (ValueError, TypeError):
             return "raised"
@@ -432,7 +434,10 @@ def _steps(part: Any) -> list[Any]:
 
 
 def _is_passthrough(part: Any) -> bool:
-    return isinstance(part, str) and part == "passthrough"
+    """ "passthrough", or the identity FunctionTransformer a fitted one becomes (remainder)."""
+    if isinstance(part, str):
+        return part == "passthrough"
+    return type(part).__name__ == "FunctionTransformer" and part.func is None
 
 
 def _block(part: Any, specs: list[FeatureSpec], out: slice, name: str) -> Any:
@@ -457,7 +462,10 @@ def _numeric_op(step: Any, name: str) -> Op:
 
     kind = type(step)
     if kind is SimpleImputer:
-        statistics = np.broadcast_to(_imputer_statistics(step, name), (1, len(step.statistics_)))
+        try:
+            statistics = _imputer_statistics(step, name).astype(np.float64).reshape(1, -1)
+        except (TypeError, ValueError):
+            raise Unsupported(f"transformer {name!r} imputes numbers with a non-number") from None
 
         def impute(X: np.ndarray) -> np.ndarray:
             np.copyto(X, np.broadcast_to(statistics, X.shape), where=np.isnan(X))
@@ -523,7 +531,7 @@ def _category_block(steps: list[Any], specs: list[FeatureSpec], out: slice, name
             )
         fills = [_plain(v) for v in _imputer_statistics(before[0], name)]
     for spec in specs:
-        if spec.kind != "categorical" or spec.dtype not in (None, "str", "object", "category"):
+        if spec.kind != "categorical":
             raise Unsupported(f"transformer {name!r} takes {spec.name!r} as {spec.kind}")
     one_hot = type(encoder) is OneHotEncoder
     if not one_hot and type(encoder) is not OrdinalEncoder:
