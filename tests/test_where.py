@@ -191,6 +191,9 @@ def test_parse_errors_before_reading_anything():
     with pytest.raises(ConfigError, match="found .=. at position 7"):
         parse_where("a = b = c")
     assert parse_where("   ") is None
+    with pytest.raises(ConfigError, match='a column of that name: write "date"'):
+        parse_where("date = '2026-01-05'")
+    assert parse_where("\"date\" = '2026-01-05'") is not None
 
 
 def test_another_where_is_another_run_key(tmp_path, model, by_date):

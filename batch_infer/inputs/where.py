@@ -302,7 +302,10 @@ class _Parser:
         if token.kind == "keyword" and token.text in ("DATE", "TIMESTAMP"):
             quoted = self.token
             if quoted.kind != "string":
-                raise self.error(f"expected a quoted value after {token.text}")
+                raise self.error(
+                    f"expected a quoted value after {token.text} (a column of that name: "
+                    f'write "{token.text.lower()}")'
+                )
             self.i += 1
             value = quoted.text[1:-1]
             parsed = _date(value) if token.text == "DATE" else _timestamp(value)
