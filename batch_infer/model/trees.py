@@ -7,11 +7,15 @@ tree ensembles 0.9x, and deep random forests compiled slower than scikit-learn's
 (and took minutes to compile), so forests stay on scikit-learn.
 
 Building needs a C compiler (gcc or clang) and the ``treelite`` and ``tl2cgen`` packages;
-scoring needs only ``tl2cgen`` and the shared library.
+scoring needs only the shared library: it carries its own batch loop (``BATCH_C``), called
+through ctypes (which releases the GIL), so a run imports neither tl2cgen nor treelite (nor the
+SciPy they import: most of a compiled run's start-up, see ``python -X importtime``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import shutil
 import tempfile
@@ -43,6 +47,29 @@ FORESTS = {
 }
 # scikit-learn's DecisionTree-based models compare float32(x) with their thresholds
 FLOAT32_INPUT = {"GradientBoostingClassifier", "GradientBoostingRegressor"}
+# the loop TL2cgen's predictor runs, as C beside the generated code: a NaN is "missing", every
+# other value a number; each row's result starts at zero, as the predictor's output array does
+BATCH_C = """
+#include "header.h"
+
+int32_t batch_outputs(void) { return N_TARGET * MAX_N_CLASS; }
+
+void predict_batch(const double* rows, size_t count, int pred_margin, double* out) {
+  const int32_t width = get_num_feature();
+  const int32_t outputs = N_TARGET * MAX_N_CLASS;
+  union Entry* entry = (union Entry*)malloc(sizeof(union Entry) * (width > 0 ? width : 1));
+  for (size_t r = 0; r < count; ++r) {
+    const double* row = rows + r * (size_t)width;
+    for (int32_t j = 0; j < width; ++j) {
+      if (isnan(row[j])) { entry[j].missing = -1; } else { entry[j].fvalue = row[j]; }
+    }
+    double* result = out + r * (size_t)outputs;
+    for (int32_t k = 0; k < outputs; ++k) { result[k] = 0.0; }
+    predict(entry, pred_margin, result);
+  }
+  free(entry);
+}
+"""
 NO_RUNTIME = "score it with the scikit-learn runtime (--runtime sklearn; the default when nothing is compiled)"
 
 
@@ -80,7 +107,7 @@ class TreeRuntime:
     float32_input: bool
     margin: bool  # the model has a decision_function (boosted classifiers): the raw scores
     thresholds: list[np.ndarray] = field(default_factory=list, repr=False)
-    _local: threading.local = field(default_factory=threading.local, repr=False)
+    _library: Any = field(default=None, repr=False)  # the ctypes handle, loaded when needed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _model: Any = field(default=None, repr=False)  # the treelite model, loaded when needed
 
@@ -117,20 +144,24 @@ class TreeRuntime:
         library = folder / LIBRARY
         toolchain = "clang" if os.path.basename(compiler).startswith("clang") else "gcc"
         cores = max(1, len(os.sched_getaffinity(0)))
+        sources = folder / "src"
         try:
-            tl2cgen.export_lib(
-                imported,
-                toolchain=toolchain,
-                libpath=str(library),
-                params={"parallel_comp": 2 * cores},
-                nthread=cores,
-                verbose=False,
+            tl2cgen.generate_c_code(imported, str(sources), params={"parallel_comp": 2 * cores})
+            (sources / "batch.c").write_text(BATCH_C)
+            recipe = json.loads((sources / "recipe.json").read_text())
+            recipe["sources"].append({"name": "batch", "length": BATCH_C.count("\n")})
+            (sources / "recipe.json").write_text(json.dumps(recipe))
+            built = tl2cgen.create_shared(
+                toolchain, str(sources), nthread=cores, long_build_time_warning=False
             )
+            shutil.move(built, library)
         except Exception as exc:
             raise ModelError(
                 f"compiling {name} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
                 NO_RUNTIME,
             ) from None
+        finally:
+            shutil.rmtree(sources, ignore_errors=True)
         imported.serialize(str(folder / CHECKPOINT))
         classes = getattr(model, "classes_", None)
         margin = classes is not None and callable(getattr(model, "decision_function", None))
@@ -147,8 +178,8 @@ class TreeRuntime:
         import treelite
 
         return {
-            "runtime_needs": f"tl2cgen {tl2cgen.__version__} (built with treelite "
-            f"{treelite.__version__} and a C compiler)",
+            "runtime_needs": f"the shared library only (C code from treelite {treelite.__version__}"
+            f" and tl2cgen {tl2cgen.__version__}, built with a C compiler)",
             "float32_input": self.float32_input,
             "margin": self.margin,
         }
@@ -160,42 +191,49 @@ class TreeRuntime:
 
     @classmethod
     def load(cls, folder: Path, meta: dict[str, Any]) -> TreeRuntime:
-        try:
-            import tl2cgen  # noqa: F401
-        except ImportError:
-            raise ModelError(
-                "the compiled runtime needs the tl2cgen package, which is not installed",
-                "pip install tl2cgen (or use --runtime sklearn)",
-            ) from None
-        return cls(
+        runtime = cls(
             library=folder / LIBRARY,
             classes=saved_classes(meta),
             float32_input=meta["float32_input"],
             margin=meta["margin"],
         )
+        runtime._loaded()  # a library that does not load falls back to scikit-learn now
+        return runtime
 
-    def _predictor(self) -> Any:
-        """One predictor per thread: a run's workers call it side by side, each single-threaded."""
-        predictor = getattr(self._local, "predictor", None)
-        if predictor is None:
-            import tl2cgen
-
-            predictor = tl2cgen.Predictor(str(self.library), nthread=1)
-            self._local.predictor = predictor
-        return predictor
+    def _loaded(self) -> Any:
+        """The shared library, loaded once; its functions are re-entrant (no global state), so
+        the run's workers call it side by side, each call on one thread."""
+        with self._lock:
+            if self._library is None:
+                library = ctypes.CDLL(str(self.library))
+                library.predict_batch.restype = None
+                library.predict_batch.argtypes = [
+                    ctypes.c_void_p,
+                    ctypes.c_size_t,
+                    ctypes.c_int,
+                    ctypes.c_void_p,
+                ]
+                library.batch_outputs.restype = ctypes.c_int32
+                library.get_num_feature.restype = ctypes.c_int32
+                self._library = library
+        return self._library
 
     def _raw(self, matrix: np.ndarray, margin: bool = False) -> np.ndarray:
-        import tl2cgen
-
+        library = self._loaded()
         features = np.ascontiguousarray(matrix, dtype=np.float64)
         if self.float32_input:  # what scikit-learn's trees compare: float32(x)
             features = features.astype(np.float32).astype(np.float64)
-        data = tl2cgen.DMatrix(features, dtype="float64")
-        raw = np.asarray(self._predictor().predict(data, pred_margin=margin), dtype=np.float64)
+        if features.shape[1] != library.get_num_feature():
+            raise ValueError(
+                f"the compiled trees take {library.get_num_feature()} features, "
+                f"not {features.shape[1]}"
+            )
+        raw = np.empty((features.shape[0], library.batch_outputs()), dtype=np.float64)
+        library.predict_batch(features.ctypes.data, features.shape[0], int(margin), raw.ctypes.data)
         misread = _misread_as_missing(features)
         if misread.any():
-            raw[misread] = self._interpreted(features[misread], margin)
-        return raw[:, 0, :]  # (rows, classes): one target
+            raw[misread] = self._interpreted(features[misread], margin)[:, 0, :]
+        return raw  # (rows, classes): one target
 
     def _interpreted(self, rows: np.ndarray, margin: bool) -> np.ndarray:
         """Treelite's interpreter (exact, slower) for the rare rows the C code would misread."""
