@@ -178,6 +178,9 @@ def run_fragments(
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
+                # the scheduler's HTTP server (metrics) on a free port: its default, 8787, may
+                # be another cluster's, and taking it warns
+                scheduler_kwargs={"dashboard_address": ":0"},
                 silence_logs=logging.ERROR,
             )
             client = Client(cluster, set_as_default=False)
