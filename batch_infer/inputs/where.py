@@ -1,13 +1,17 @@
 """``--where`` (config ``input.where``): a SQL WHERE subset that selects the rows a run scores.
 
 The text is parsed here into a small tree (no dependency of the core has a SQL parser: pyiceberg's
-is in the iceberg extra and knows no ``DATE '...'`` literal), which is then:
+is in the iceberg extra, and its grammar has no ``DATE '...'``/``TIMESTAMP '...'`` literals),
+which is then:
 
 - bound to the input's schema as a pyarrow compute ``Expression`` (``Where.bind``) that filters
   each record batch before scoring; an unknown column or a literal of the wrong type is a
   ``ConfigError`` before anything is read;
 - evaluated on partition values (``Where.may_match``) so that files of hive folders and Delta
   tables whose partitions cannot match are never read;
+- evaluated on column statistics (``prune_by_statistics``, ``apply_where``): Delta files by their
+  add actions' min/max/null counts, any Parquet row group by its footer's; SQL's three truth
+  values, with NaN (left out of statistics) failing comparisons and passing their negations;
 - translated to a pyiceberg expression (``Where.to_iceberg``) so an Iceberg scan prunes manifests
   and files itself.
 
