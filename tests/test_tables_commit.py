@@ -354,3 +354,96 @@ def test_a_delta_run_records_statistics_for_data_skipping(tmp_path, churn_input,
         file_pruning_predicate=f"customer_id <= {lowest}"
     )
     assert 0 < len(kept) < len(ours)
+
+
+# -- rejected rows: a sibling table ---------------------------------------------------------------
+
+
+def main_run_id(table: Path) -> str:
+    (entry,) = [e for e in deltalake.DeltaTable(str(table)).history() if RUN_KEY in e]
+    return entry["batch-infer.run-id"]
+
+
+def _with_rejects(tmp_path: Path) -> tuple[Path, list[int]]:
+    """The churn input with three rows the model refuses (an infinite monthly charge)."""
+    import numpy as np
+
+    from .conftest import churn_table, write_parquet
+
+    table = churn_table(5_000, seed=1)
+    charges = table["monthly_charges"].to_numpy().copy()
+    bad = [10, 2_600, 4_999]
+    charges[bad] = np.inf
+    table = table.set_column(
+        table.schema.get_field_index("monthly_charges"), "monthly_charges", pa.array(charges)
+    )
+    root = tmp_path / "input-rejects"
+    write_parquet(table.slice(0, 2_500), root / "day=1" / "a.parquet")
+    write_parquet(table.slice(2_500), root / "day=2" / "b.parquet")
+    return root, bad
+
+
+def test_rejects_go_to_a_sibling_delta_table_once_after_the_main_commit(tmp_path, model):
+    source, bad = _with_rejects(tmp_path)
+    table, sibling = tmp_path / "scores", tmp_path / "scores_rejects"
+    args = command(source, f"delta:{table}", model, "--max-reject-rows", "10")
+    killed = cli(args, BATCH_INFER_FAILPOINT="after-success")  # main committed, rejects not
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(_delta_runs(table)) == 1
+    assert not deltalake.DeltaTable.is_deltatable(str(sibling))
+
+    rerun = cli(args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already committed" in rerun.stderr
+    assert f"committed 3 rejected row(s) of run {main_run_id(table)} to delta:{sibling}" in (
+        rerun.stderr
+    )
+    skipped = cli([*args, "--if-exists", "skip"])
+    assert skipped.returncode == 0, skipped.stderr
+    (main_run,) = _delta_runs(table)
+    assert _delta_runs(sibling) == [(0, main_run[1])]  # once, under the same run key
+    rejects = deltalake.DeltaTable(str(sibling)).to_pyarrow_table().sort_by("customer_id")
+    assert rejects["customer_id"].to_pylist() == bad
+    # the same rows, reasons and origins as the folder output of the same run writes
+    folder = tmp_path / "folder"
+    done = cli(command(source, str(folder), model, "--max-reject-rows", "10"))
+    assert done.returncode == 0, done.stderr
+    want = pq.read_table(folder / "_rejects").sort_by("customer_id")
+    for name in ("reject_source_file", "reject_row_index", "reject_code", "reject_message"):
+        assert rejects[name].to_pylist() == want[name].to_pylist(), name
+    assert deltalake.DeltaTable(str(table)).to_pyarrow_table().num_rows == 5_000 - 3
+    assert not (table / "_batch_infer" / "_rejects").exists()
+
+
+def test_rejects_with_an_explicit_folder_stay_a_folder(tmp_path, model):
+    source, bad = _with_rejects(tmp_path)
+    table, folder = tmp_path / "scores", tmp_path / "rejected"
+    done = cli(
+        command(
+            source, f"delta:{table}", model, "--max-reject-rows", "10", "--rejects", str(folder)
+        )
+    )
+    assert done.returncode == 0, done.stderr
+    (key,) = [p.name for p in folder.iterdir()]
+    assert key == _delta_runs(table)[0][1]
+    rejects = pq.read_table(folder / key).sort_by("customer_id")
+    assert rejects["customer_id"].to_pylist() == bad
+    assert not (tmp_path / "scores_rejects").exists()
+
+
+def test_rejects_go_to_a_sibling_iceberg_table(tmp_path, workdir, model):
+    source, bad = _with_rejects(tmp_path)
+    args = command(source, "iceberg:db.scores", model, "--max-reject-rows", "10")
+    done = cli(args, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    warehouse = workdir / "warehouse"
+    catalog = SqlCatalog(
+        "default", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}"
+    )
+    (main,) = catalog.load_table("db.scores").snapshots()
+    sibling = catalog.load_table("db.scores_rejects")
+    (snapshot,) = sibling.snapshots()
+    assert snapshot.summary[RUN_KEY] == main.summary[RUN_KEY]
+    rejects = sibling.scan().to_arrow().sort_by("customer_id")
+    assert rejects["customer_id"].to_pylist() == bad
+    assert set(rejects["reject_code"].to_pylist()) != {None}

@@ -12,6 +12,7 @@ concurrent writers without a locking provider, so nothing unsafe is switched on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -278,6 +279,26 @@ class DeltaTarget(TableTarget):
 
     def table_exists(self) -> bool:
         return self._table() is not None
+
+    @property
+    def sibling_url(self) -> str:
+        return f"{self.url.rstrip('/')}_rejects"
+
+    def sibling(self) -> DeltaTarget:
+        """``<table>_rejects``: the Delta table next to this one, with the same options."""
+        root = f"{self.data_root}_rejects"
+        table_uri = f"{self.table_uri.rstrip('/')}_rejects"
+        return dataclasses.replace(
+            self,
+            root=storage.join(root, SIDE),
+            url=self.sibling_url,
+            data_root=root,
+            table_name=table_uri,
+            table_uri=table_uri,
+            schema=None,
+            partition_by=[],
+            _checked={},
+        )
 
     def file_schema(self, schema: pa.Schema) -> pa.Schema:
         """Delta has no unsigned integers and keeps timestamps in microseconds."""

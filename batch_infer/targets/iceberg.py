@@ -14,6 +14,7 @@ the output's schema and identity partitions on the run's partition columns.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -228,6 +229,30 @@ class IcebergTarget(TableTarget):
 
     def table_exists(self) -> bool:
         return self._table() is not None
+
+    @property
+    def sibling_url(self) -> str:
+        return f"iceberg:{self.identifier}_rejects"
+
+    def sibling(self) -> IcebergTarget:
+        """``NAMESPACE.TABLE_rejects`` in the same catalog, at its own location."""
+        identifier = f"{self.identifier}_rejects"
+        namespace, _, name = identifier.rpartition(".")
+        location = _location(self._catalog(), namespace, name).rstrip("/")
+        _, root = storage.resolve(location, self.storage_options or {})
+        root = root.rstrip("/")
+        return dataclasses.replace(
+            self,
+            root=storage.join(root, SIDE),
+            url=self.sibling_url,
+            data_root=storage.join(root, "data"),
+            table_name=identifier,
+            identifier=identifier,
+            location=location,
+            schema=None,
+            partition_by=[],
+            _checked={},
+        )
 
     def file_schema(self, schema: pa.Schema) -> pa.Schema:
         """Iceberg's types: int and long (no unsigned), microsecond timestamps in UTC."""

@@ -270,12 +270,22 @@ class TableTarget(FolderTarget):
 
     keep_partition_columns = False
 
+    def sibling(self) -> TableTarget:
+        """The sibling table ``<table>_rejects`` (same format, same catalog) for rejected rows."""
+        raise NotImplementedError
+
+    @property
+    def sibling_url(self) -> str:
+        raise NotImplementedError
+
     # -- checks -------------------------------------------------------------------------------
     @property
     def rejects_url(self) -> str:
-        """Where this run's rejected rows go: a folder per run key, next to the table."""
-        base = self.rejects_root or storage.join(self.root, REJECTS)
-        return storage.display(self.fs, storage.join(base, self.staging_key))
+        """Where this run's rejected rows go: the sibling table ``<table>_rejects``, or with
+        ``--rejects PATH`` a folder per run key there."""
+        if self.rejects_root is None:
+            return self.sibling_url
+        return storage.display(self.fs, storage.join(self.rejects_root, self.staging_key))
 
     def check(
         self,
@@ -666,7 +676,8 @@ class TableTarget(FolderTarget):
             self.finish_cleanup(intent)
             return {**manifest, "table_commit": committed.version}
         schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(intent["schema"])))
-        self._place_rejects([e["path"] for e in manifest["rejects"]])
+        if self.rejects_root is not None:  # a folder: in place before the commit names them
+            self._place_rejects([e["path"] for e in manifest["rejects"]])
         manifest_path = posixpath.join(MANIFESTS, f"{run_id}.json")
         storage.write_bytes_atomically(
             self.fs, storage.join(self.root, manifest_path), json.dumps(manifest, indent=2).encode()
@@ -723,20 +734,20 @@ class TableTarget(FolderTarget):
             "retry the run: the staged files are kept and committed by the rerun",
         )
 
-    def _place_rejects(self, paths: list[str]) -> None:
+    def _place_rejects(self, paths: list[str], base: str | None = None) -> None:
         """Move staged rejects to ``<rejects>/<run key>/...`` (skipping those already moved)."""
         staged = set(self._staged_files())
         moves = [
-            (self.staged_path(p), self.final_path(p))
+            (self.staged_path(p), self.final_path(p, base))
             for p in paths
             if self.staged_path(p) in staged
         ]
         self._move(moves)
 
-    def final_path(self, relative: str) -> str:
+    def final_path(self, relative: str, base: str | None = None) -> str:
         if is_reject_file(relative):
             tail = relative[len(REJECTS) + 1 :]
-            base = self.rejects_root or storage.join(self.root, REJECTS)
+            base = base or self.rejects_root or storage.join(self.root, REJECTS)
             return storage.join(base, self.staging_key, tail)  # = rejects_url
         return storage.join(self.data_root, relative)
 
@@ -757,10 +768,70 @@ class TableTarget(FolderTarget):
         return intent
 
     def finish_cleanup(self, intent: dict[str, Any]) -> None:
-        """After the table commit: drop the run's records (its data files are the table's now),
-        then what abandoned runs of other run keys left (``clean_abandoned``)."""
+        """After the table commit: commit the rejected rows to the sibling table, drop the run's
+        records (its data files are the table's now), then what abandoned runs of other run keys
+        left (``clean_abandoned``). Repeated by a rerun after a kill, as a whole."""
+        self.commit_rejects(intent)
         self._drop_records(self.staging_key)
         self.clean_abandoned()
+
+    def commit_rejects(self, intent: dict[str, Any]) -> str | None:
+        """Commit the run's staged rejected rows to ``<table>_rejects`` in one commit carrying
+        the same run key, after the main commit, so a rejected row is visible only for a
+        committed run, and once: a commit of this run key there is not made again. A sibling
+        whose schema does not take the rejects (the input changed) leaves them in the side
+        folder, ``_rejects/<run key>/``, saying so: the run's own rows are committed already."""
+        entries = intent["manifest"].get("rejects") or []
+        if self.rejects_root is not None or not entries:
+            return None
+        sibling = self.sibling()
+        committed = sibling.table_committed(self.staging_key)
+        if committed is not None:
+            return committed.version
+        files: list[OutputFile] = []
+        schema = pa.schema([])
+        try:
+            for entry in entries:
+                with self.fs.open(self.staged_path(entry["path"]), "rb") as handle:
+                    rows = pq.read_table(handle)
+                schema = schema if len(schema) else sibling.check_layout(rows.schema, [])
+                name = posixpath.basename(entry["path"]).removesuffix(".parquet")
+                files += write_partitioned(
+                    self.fs,
+                    sibling.data_root,
+                    (cast_batch(b, schema) for b in rows.to_batches()),
+                    schema,
+                    [],
+                    f"{sibling.data_prefix()}{name}",  # the same names when repeated
+                    OutputConfig.model_construct(),  # the defaults: compression, sizes
+                    sibling.keep_partition_columns,
+                    statistics=sibling.file_statistics,
+                )
+        except OutputConflictError as exc:
+            folder = storage.join(self.root, REJECTS)
+            self._place_rejects([e["path"] for e in entries], folder)
+            log.error(
+                "the rejected rows of run %s are kept in %s, not committed to %s: %s",
+                intent["manifest"]["run_id"],
+                storage.display(self.fs, storage.join(folder, self.staging_key)),
+                sibling.url,
+                exc,
+            )
+            return None
+        properties = {
+            RUN_KEY: self.staging_key,
+            RUN_ID: intent["manifest"]["run_id"],
+            MODE_KEY: "append",
+        }
+        version = sibling._commit_with_retries(files, schema, [], "append", properties)
+        log.info(
+            "committed %d rejected row(s) of run %s to %s as %s",
+            sum(f.rows for f in files),
+            intent["manifest"]["run_id"],
+            sibling.url,
+            version,
+        )
+        return version
 
 
 def _modified(info: dict[str, Any]) -> float:
