@@ -31,7 +31,9 @@ def describe(
 ) -> Description:
     """Describe a model file (by its suffix), a table (``delta:``/``iceberg:``, as ``--input``
     names it) or else a Parquet input."""
-    if path.lower().endswith(MODEL_SUFFIXES):
+    from .model.registry import is_mlflow_uri
+
+    if path.lower().endswith(MODEL_SUFFIXES) or is_mlflow_uri(path):
         return describe_model(path, scaler=scaler, contract=contract)
     if path.startswith("delta:"):
         return describe_delta(path, storage_options or {})
@@ -251,11 +253,14 @@ def describe_model(
     from .errors import ConfigError
     from .model import load_artifact, load_model
     from .model.outputs import available_methods
+    from .model.registry import is_mlflow_uri
 
     config = ModelConfig(path=path, scaler=scaler, contract=contract)
     try:
         model = load_model(config, runtime="sklearn")
     except ConfigError:  # fitted on an array: no names; show the columns by position
+        if is_mlflow_uri(path):
+            raise  # the registry's own answer (credentials, a bad URI)
         count = getattr(load_artifact(scaler or path).obj, "n_features_in_", 0)
         names = [f"column {i}" for i in range(count)]
         model = load_model(config.model_copy(update={"features": names}), runtime="sklearn")
@@ -300,8 +305,39 @@ def describe_model(
         ),
         f"  input contract ({model.contract.origin}), {len(model.features)} feature(s):",
         *(f"    {f.name:<{width}}  {f.describe()}" for f in model.contract.features),
+        *(f"  note       {note}" for note in model.contract.notes),
     ]
+    if model.registry is not None:
+        lines[1:1] = _registry_lines(model, data)
     return Description("\n".join(lines), data)
+
+
+def _registry_lines(model: Any, data: dict[str, Any]) -> list[str]:
+    """An MLflow model: the version it resolved to, its signature, the recorded versions."""
+    registry = model.registry
+    signature = registry.signature_inputs or []
+    data["mlflow"] = {
+        **registry.record(),
+        "signature": signature,
+        "requirement_mismatches": model.requirement_mismatches,
+        "contract_notes": model.contract.notes,
+    }
+    resolved = (
+        f"{registry.name} version {registry.version}"
+        + (f" (alias @{registry.alias})" if registry.alias else "")
+        if registry.version
+        else registry.label
+    )
+    columns = ", ".join(
+        f"{c['name']}: {c.get('type')}" + ("" if c.get("required", True) else " (optional)")
+        for c in signature
+    )
+    return [
+        f"  mlflow     {registry.source} -> {resolved}, flavor {registry.flavor}"
+        + (f", run {registry.run_id}" if registry.run_id else ""),
+        f"  signature  {columns or '(none)'}",
+        *(f"  versions   {m}" for m in model.requirement_mismatches),
+    ]
 
 
 def _compiled(model: Any) -> dict[str, Any] | None:

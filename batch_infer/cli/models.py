@@ -27,7 +27,8 @@ def inspect(
         str,
         typer.Argument(
             help="A Parquet input (file, directory, glob, URL), a table as --input names it "
-            "(delta:PATH[@VERSION], iceberg:NAMESPACE.TABLE[@SNAPSHOT_ID]) or a model file."
+            "(delta:PATH[@VERSION], iceberg:NAMESPACE.TABLE[@SNAPSHOT_ID]), a model file, or an "
+            "MLflow model (models:/NAME@ALIAS, runs:/RUN_ID/PATH, a folder with an MLmodel file)."
         ),
     ],
     scaler: ScalerOpt = None,

@@ -30,7 +30,15 @@ OutputOpt = Annotated[
     str | None,
     typer.Option("--output", "-o", help="Output root (local or URL); may use {run_date}."),
 ]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="joblib model or Pipeline.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="joblib/skops model or Pipeline, or an MLflow model: models:/NAME@ALIAS, "
+        "models:/NAME/VERSION, runs:/RUN_ID/PATH, a folder with an MLmodel file.",
+    ),
+]
 ScalerOpt = Annotated[
     str | None, typer.Option("--scaler", help="Separate joblib scaler, applied first.")
 ]
@@ -89,7 +97,9 @@ ScalerShaOpt = Annotated[
 StrictOpt = Annotated[
     bool,
     typer.Option(
-        "--strict-versions", help="Refuse a model saved with another scikit-learn version."
+        "--strict-versions",
+        help="Refuse a model saved with another scikit-learn version (an MLflow model: "
+        "recorded with other versions of the libraries that load it).",
     ),
 ]
 RejectsOpt = Annotated[

@@ -27,14 +27,23 @@ def serve(
         typer.Option("--config", "-c", help="YAML config file; env vars and flags override it."),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="joblib/skops model or Pipeline.")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="joblib/skops model or Pipeline, or an MLflow model URI (models:/NAME@ALIAS).",
+        ),
     ] = None,
     scaler: Annotated[
         str | None, typer.Option("--scaler", help="Separate joblib scaler, applied first.")
     ] = None,
     name: Annotated[
         str | None,
-        typer.Option("--name", help="The model's name in URLs (default: the model file's stem)."),
+        typer.Option(
+            "--name",
+            help="The model's name in URLs (default: the model file's stem; an MLflow model's "
+            "registered name).",
+        ),
     ] = None,
     host: Annotated[
         str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1).")

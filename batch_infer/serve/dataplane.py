@@ -67,8 +67,11 @@ class DataPlane:
     def __init__(
         self, model: LoadedModel, config: ServeConfig, metrics: ServeMetrics | None = None
     ) -> None:
-        self.name = config.serve.name or model_name(config.model.path)
-        self.version = model.version
+        registry = model.registry  # an MLflow model: the registry's name and version
+        self.name = config.serve.name or (
+            registry.name if registry and registry.name else model_name(config.model.path)
+        )
+        self.version = registry.version if registry and registry.version else model.version
         self.metrics = metrics or ServeMetrics()
         self.server_version = _package_version()
         self.spec = ScoringSpec(
