@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,12 +70,8 @@ class RegistryModel:
         """``NAME/VERSION`` for a registered model, else the run id and path, else the folder."""
         if self.name and self.version:
             return f"{self.name}/{self.version}"
-        if self.run_id:
-            return (
-                f"{self.run_id}/{self.source.split('/', 3)[-1]}"
-                if "runs:/" in self.source
-                else self.run_id
-            )
+        if self.source.startswith("runs:/"):
+            return self.source.removeprefix("runs:/").strip("/")
         return f"{self.folder.name}@{self.sha256[:12]}"
 
     @property
@@ -483,6 +480,9 @@ def recorded_requirements(model: RegistryModel) -> dict[str, str]:
     return pins
 
 
+_MODULES = {"scikit-learn": "sklearn"}
+
+
 def check_requirements(model: RegistryModel, strict: bool) -> list[str]:
     """Compare the recorded versions of the libraries that load the model with the installed.
 
@@ -497,8 +497,9 @@ def check_requirements(model: RegistryModel, strict: bool) -> list[str]:
         saved = pins.get(package)
         try:
             installed = version(package)
-        except PackageNotFoundError:
-            installed = None
+        except PackageNotFoundError:  # another distribution of the module (xgboost-cpu)
+            module = sys.modules.get(_MODULES.get(package, package))
+            installed = getattr(module, "__version__", None)
         if saved and installed and saved != installed:
             mismatches.append(f"{package} {saved} (recorded by the model), {installed} installed")
     if mismatches and strict:
