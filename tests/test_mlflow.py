@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import joblib
@@ -110,6 +111,9 @@ def _register(server, root: Path) -> dict:
     xgb = XGBClassifier(n_estimators=5, max_depth=3, random_state=0).fit(numbers, y)
     lgbm = LGBMClassifier(n_estimators=5, num_leaves=7, random_state=0, verbose=-1).fit(numbers, y)
     runs = {}
+    # given, not inferred (MLflow would import each model in a subprocess to find them)
+    pins = [f"{p}=={version(p)}" for p in ("scikit-learn", "cloudpickle", "lightgbm")]
+    pins.append(f"xgboost=={version('xgboost-cpu')}")  # the same module, without CUDA
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow's own notes while logging are not under test
         mlflow.set_experiment("batch-infer-tests")
@@ -120,6 +124,7 @@ def _register(server, root: Path) -> dict:
                     name="model",
                     registered_model_name=name,
                     signature=infer_signature(X, model.predict(X)),
+                    pip_requirements=pins,
                 )
                 runs.setdefault(name, run.info.run_id)
         with mlflow.start_run():
@@ -128,6 +133,7 @@ def _register(server, root: Path) -> dict:
                 name="model",
                 registered_model_name="churn_xgb",
                 signature=infer_signature(numbers, xgb.predict(numbers)),
+                pip_requirements=pins,
             )
         with mlflow.start_run():
             mlflow.lightgbm.log_model(
@@ -135,6 +141,7 @@ def _register(server, root: Path) -> dict:
                 name="model",
                 registered_model_name="churn_lgbm",
                 signature=infer_signature(numbers, lgbm.predict(numbers)),
+                pip_requirements=pins,
             )
         with mlflow.start_run():
             sample = X[["age", "monthly_charges"]]
@@ -143,6 +150,7 @@ def _register(server, root: Path) -> dict:
                 python_model=Doubler(),
                 registered_model_name="doubler",
                 signature=infer_signature(sample, Doubler().predict(None, sample)),
+                pip_requirements=pins,
             )
         MlflowClient().set_registered_model_alias("churn", "champion", "1")
     return {
@@ -186,7 +194,8 @@ def test_version_alias_and_run_uris_score_as_the_pickle_by_path(registry, churn_
     expected = _scores(tmp_path / "path")
     frame = pq.read_table(churn_input).to_pandas().sort_values("customer_id")
     own = registry["first"].predict_proba(frame[FEATURES])[:, 1]
-    np.testing.assert_array_equal(expected["probability"].to_numpy(), own)
+    # a linear model on dense inputs: within the rounding of a dot product (docs/models.md)
+    np.testing.assert_allclose(expected["probability"].to_numpy(), own, rtol=1e-12, atol=1e-15)
     uris = {
         "version": "models:/churn/1",
         "alias": "models:/churn@champion",
@@ -278,6 +287,7 @@ def test_an_optional_signature_column_missing_is_scored_as_missing(registry, tmp
                 python_model=Fill(),
                 registered_model_name="optional",
                 signature=signature,
+                pip_requirements=["pandas"],
             )
     table = pa.table({"customer_id": pa.array(range(50), pa.int64()), "age": pa.array(range(50))})
     write_parquet(table, tmp_path / "in" / "a.parquet")
@@ -320,7 +330,7 @@ def test_alias_moved_while_killed_resume_scores_with_the_first_version_once(
     assert set(scored["model_version"]) == {"churn/1"}
     frame = pq.read_table(churn_input).to_pandas().sort_values("customer_id")
     own = registry["first"].predict_proba(frame[FEATURES])[:, 1]
-    np.testing.assert_array_equal(scored["probability"].to_numpy(), own)
+    np.testing.assert_allclose(scored["probability"].to_numpy(), own, rtol=1e-12, atol=1e-15)
     assert _manifest(output)["model"]["registry"]["version"] == "1"
 
 
@@ -382,3 +392,73 @@ def test_a_registry_answering_401_or_403_exits_2_naming_the_variables(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_serve_answers_with_the_registry_name_and_version(registry, churn_input, tmp_path):
+    import httpx
+
+    from tests.test_serve_rest import ServeProcess
+
+    frame = pq.read_table(churn_input).to_pandas().head(3)
+    with ServeProcess(tmp_path, "models:/churn@champion") as server:
+        metadata = httpx.get(f"{server.url}/v2/models/churn/versions/1", timeout=30)
+        assert metadata.status_code == 200, metadata.text
+        assert metadata.json()["name"] == "churn" and metadata.json()["versions"] == ["1"]
+        inputs = [
+            {"name": c, "datatype": "FP64", "shape": [3], "data": frame[c].astype(float).tolist()}
+            for c in NUMERIC
+        ]
+        inputs.append(
+            {"name": "region", "datatype": "BYTES", "shape": [3], "data": frame["region"].tolist()}
+        )
+        answer = httpx.post(
+            f"{server.url}/v2/models/churn/versions/1/infer", json={"inputs": inputs}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+        own = registry["first"].predict_proba(frame[FEATURES].astype({c: float for c in NUMERIC}))
+        np.testing.assert_allclose(outputs["probability"], own[:, 1], rtol=1e-12)
+        assert answer.json()["model_version"] == "1"
+        wrong = httpx.get(f"{server.url}/v2/models/churn/versions/2", timeout=30)
+        assert wrong.status_code == 404
+
+
+def test_inspect_shows_the_resolved_version_signature_and_contract(registry):
+    done = CliRunner().invoke(app, ["inspect", "models:/churn@champion"])
+    assert done.exit_code == 0, done.output
+    assert (
+        "models:/churn@champion -> churn version 1 (alias @champion), flavor sklearn" in done.output
+    )
+    assert "region: string" in done.output and "monthly_charges: double" in done.output
+    assert "categorical" in done.output  # the contract: the one-hot encoder's categories
+    data = json.loads(
+        CliRunner().invoke(app, ["inspect", "models:/churn/2", "--output-format", "json"]).output
+    )
+    assert data["mlflow"]["version"] == "2" and data["mlflow"]["name"] == "churn"
+    assert [c["name"] for c in data["mlflow"]["signature"]] == FEATURES
+
+
+def test_recorded_versions_that_differ_warn_and_strict_versions_exits_4(
+    registry, churn_input, tmp_path
+):
+    """A model logged with another scikit-learn: a warning naming both; --strict-versions: 4."""
+    import sklearn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mlflow.start_run():
+            mlflow.sklearn.log_model(
+                registry["first"],
+                name="model",
+                registered_model_name="old_env",
+                pip_requirements=["scikit-learn==1.0.2", "cloudpickle"],
+            )
+    done = _run(churn_input, tmp_path / "a", "models:/old_env/1")
+    assert done.exit_code == 0, done.output
+    assert f"scikit-learn 1.0.2 (recorded by the model), {sklearn.__version__} installed" in (
+        done.output
+    )
+    done = _run(churn_input, tmp_path / "b", "models:/old_env/1", "--strict-versions")
+    assert done.exit_code == 4, done.output
+    assert "1.0.2" in done.output and sklearn.__version__ in done.output
+    assert not (tmp_path / "b").exists()
