@@ -145,6 +145,19 @@ CASES = [
 KEYS = [case.key for case in CASES] + ["startup"]
 
 
+class Failed(Exception):
+    """A command of the bench failed: its case is reported as failed, the others still run."""
+
+
+def first_error(text: str) -> str:
+    """The line that says what went wrong (batch-infer's "Error: ...", else the last line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("Error:"):
+            return line.removeprefix("Error:").strip().replace(f"{HERE.parent}/", "")
+    return lines[-1].replace(f"{HERE.parent}/", "") if lines else "(no message)"
+
+
 @dataclass
 class Measure:
     walls: list[float] = field(default_factory=list)
@@ -190,9 +203,12 @@ def peak_of(
     )
     result = json.loads(completed.stdout)
     if result["rc"] not in allowed:
-        raise SystemExit(
-            f"{' '.join(command)} failed ({result['rc']}):\n{result['err']}{completed.stderr}"
+        sys.stderr.write(
+            f"{' '.join(command)} failed ({result['rc']}):\n{result['err']}{completed.stderr}\n"
         )
+        words = [c for c in command[1:4] if not c.startswith("/")]
+        name = " ".join(words).replace("-m batch_infer", "batch-infer")
+        raise Failed(f"`{name}` exit {result['rc']}: {first_error(result['err'])}")
     return Outcome(result["wall"], result["rss"], result["rc"], result["out"], result["err"])
 
 
@@ -423,11 +439,14 @@ def measure_case(case: Case, runs: int) -> dict:
     snappy_serial, snappy_parallel = io("snappy") if logreg else (None, None)
     shutil.rmtree(SCRATCH / "io", ignore_errors=True)
     model_cpu = cpu_seconds([*WORKLOADS, "model-bound", data, models, case.model], runs)
-    compiled_cpu = (
-        cpu_seconds([*WORKLOADS, "model-bound-compiled", data, models, case.model], runs)
-        if compiled["compiled"]
-        else None
-    )
+    compiled_cpu = None
+    if compiled["compiled"]:
+        try:
+            compiled_cpu = cpu_seconds(
+                [*WORKLOADS, "model-bound-compiled", data, models, case.model], runs
+            )
+        except Failed as exc:  # compiled, but its runtime does not load: "—" and why
+            compiled = {**compiled, "compiled": False, "reason": f"compiled, but {exc}"}
 
     outputs = {"sklearn": SCRATCH / "bi-sklearn"}
     commands = {"sklearn": (run_command(case, str(outputs["sklearn"]), "--runtime", "sklearn"),)}
@@ -451,7 +470,7 @@ def measure_case(case: Case, runs: int) -> dict:
     codecs = {name: output_codec(out) for name, out in outputs.items()}
     expected = {"sklearn": "zstd", "compiled": "zstd", "snappy": "snappy", "nostats": "zstd"}
     if any(codec != expected[name] for name, codec in codecs.items()):
-        raise SystemExit(f"{case.key}: the outputs' codecs are {codecs}, the IO bounds' {expected}")
+        raise Failed(f"the outputs' codecs are {codecs}, the IO bounds' {expected}")
     naive_out, naive = naive_reference(case, runs if case.key == "mixed" else 1)
 
     # the last timed run of each command left its output: check it against the naive loop's
@@ -549,7 +568,7 @@ def measure_targets(case: Case, runs: int, metrics: bool = False) -> dict:
             r'^batch_infer_stage_seconds\{[^}]*stage="commit"[^}]*\} (\S+)$', text, re.M
         )
         if found is None:
-            raise SystemExit(f"{case.key}: no commit stage in the {kind} run's metrics file")
+            raise Failed(f"no commit stage in the {kind} run's metrics file")
         commit_seconds[kind].append(float(found.group(1)))
         files_out[kind] = json.loads(outcome.out.strip().splitlines()[-1])["files_out"]
 
@@ -597,7 +616,7 @@ def startup_figures(runs: int) -> dict:
         "sample_data/churn",
     )
     if not compiled["compiled"]:
-        raise SystemExit(f"batch-infer compile refused the sample model: {compiled['reason']}")
+        raise Failed(f"batch-infer compile refused the sample model: {compiled['reason']}")
     out = SCRATCH / "sample"
     figures = {"help": statistics.median(help_walls), "sample_compile": compiled["wall"]}
     for runtime in ("sklearn", "compiled"):
@@ -748,6 +767,8 @@ def targets(data: dict, startup: dict | None = None) -> list[tuple[str, str, boo
                 startup["sample_sklearn"] <= SAMPLE_TARGET,
             )
         )
+    for failure in data.get("failed") or []:
+        rows.append((f"{failure['case']}: measured", f"failed: {failure['error']}", False))
     checked = [r for r in cases if r.get("checks")]
     if checked:
         failed = [f"{r['key']} {n}" for r in checked for n, c in r["checks"].items() if not c["ok"]]
@@ -897,6 +918,8 @@ def case_tables(data: dict) -> str:
     if notes:
         lines.append("")
         lines += [f"[{i}] `batch-infer compile`: {note}" for i, note in enumerate(notes, 1)]
+    for failure in data.get("failed") or []:
+        lines += ["", f"**{failure['case']}**: not measured, a command failed: {failure['error']}"]
     startup = data.get("startup")
     if startup is not None:
         lines += [
@@ -956,20 +979,28 @@ def main() -> None:
     shutil.rmtree(SCRATCH, ignore_errors=True)  # no runtime compiled by an earlier bench
     SCRATCH.mkdir(parents=True, exist_ok=True)
     data: dict = {"results": [], "tables": None, "commit": None, "startup": None, "elapsed": {}}
+    data["failed"] = []  # cases a command failed in: {key, case, error}
     data["elapsed"]["data"] = time.perf_counter() - started
     for case in cases:
         print(f"measuring {case.key}: {case.name}, {case.rows:,} rows", flush=True)
         began = time.perf_counter()
-        if case.measure == "tables":
-            data["tables"] = measure_targets(case, runs)
-        elif case.measure == "commit":
-            data["commit"] = measure_targets(case, runs, metrics=True)
-        else:
-            data["results"].append(measure_case(case, runs))
+        try:
+            if case.measure == "tables":
+                data["tables"] = measure_targets(case, runs)
+            elif case.measure == "commit":
+                data["commit"] = measure_targets(case, runs, metrics=True)
+            else:
+                data["results"].append(measure_case(case, runs))
+        except Failed as exc:
+            print(f"  ✗ {case.key} failed: {exc}", flush=True)
+            data["failed"].append({"key": case.key, "case": case.name, "error": str(exc)})
         data["elapsed"][case.key] = time.perf_counter() - began
     if not only or "startup" in only:
         began = time.perf_counter()
-        data["startup"] = startup_figures(runs)
+        try:
+            data["startup"] = startup_figures(runs)
+        except Failed as exc:
+            data["failed"].append({"key": "startup", "case": "start-up", "error": str(exc)})
         data["elapsed"]["startup"] = time.perf_counter() - began
     shutil.rmtree(SCRATCH, ignore_errors=True)
     flags = " ".join(sys.argv[1:])
@@ -1000,6 +1031,13 @@ def main() -> None:
             + "\n  ".join(failed)
             + "\n"
         )
+    if data["failed"]:
+        sys.stderr.write(
+            "\nFAILED: a command failed in "
+            + "; ".join(f"{f['key']}: {f['error']}" for f in data["failed"])
+            + "\n"
+        )
+    if failed or data["failed"]:
         raise SystemExit(1)
 
 
