@@ -431,9 +431,9 @@ def test_inspect_shows_the_resolved_version_signature_and_contract(registry):
     )
     assert "region: string" in done.output and "monthly_charges: double" in done.output
     assert "categorical" in done.output  # the contract: the one-hot encoder's categories
-    data = json.loads(
-        CliRunner().invoke(app, ["inspect", "models:/churn/2", "--output-format", "json"]).output
-    )
+    done = CliRunner().invoke(app, ["inspect", "models:/churn/2", "--output-format", "json"])
+    assert done.exit_code == 0, done.output
+    data = json.loads(done.output.strip().splitlines()[-1])
     assert data["mlflow"]["version"] == "2" and data["mlflow"]["name"] == "churn"
     assert [c["name"] for c in data["mlflow"]["signature"]] == FEATURES
 

@@ -312,13 +312,20 @@ def _flavor_estimator(resolved: Any, config: ModelConfig) -> Artifact:
 
 
 class PyfuncModel:
-    """An MLflow pyfunc model as an estimator: ``predict(DataFrame)``, its result as an array."""
+    """An MLflow pyfunc model as an estimator: ``predict(DataFrame)``, its result as an array
+    (a DataFrame's columns in the output signature's order)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, outputs: list[str], optional: list[str]) -> None:
         self.model = model
+        self.outputs = outputs
+        self.optional = optional
 
     def predict(self, frame: Any) -> Any:
-        result = self.model.predict(frame)
+        # an optional column no value of which is there is left out, as MLflow's own callers do
+        absent = [c for c in self.optional if c in frame.columns and frame[c].isna().all()]
+        result = self.model.predict(frame.drop(columns=absent) if absent else frame)
+        if self.outputs and hasattr(result, "columns"):
+            result = result[self.outputs]
         if hasattr(result, "to_numpy"):
             return result.to_numpy()
         return np.asarray(result)
@@ -375,7 +382,13 @@ def _pyfunc_estimator(
             )
             for i, s in enumerate(named)
         ]
-    artifact = Artifact(PyfuncModel(model), resolved.source, resolved.sha256, None)
+    optional = [
+        str(c["name"]) for c in resolved.signature_inputs or [] if c.get("required") is False
+    ]
+    outputs = [str(spec["name"]) for spec in named]
+    artifact = Artifact(
+        PyfuncModel(model, outputs, optional), resolved.source, resolved.sha256, None
+    )
     return artifact, OutputPlan(["predict"], out)
 
 
