@@ -23,6 +23,14 @@ from batch_infer.errors import ConfigError
 from batch_infer.inputs.where import parse_where
 
 from .conftest import FEATURES, churn_table, make_config, read_output, write_parquet
+from .test_s3 import BUCKET as S3_BUCKET
+from .test_s3 import moto_endpoint as _moto_endpoint
+from .test_s3 import s3 as _s3
+from .test_s3 import s3_input as _s3_input
+from .test_s3 import s3_model as _s3_model
+
+# the S3 fixtures (moto's server on loopback, a bucket, the churn input and model on it)
+moto_endpoint, s3, s3_input, s3_model = _moto_endpoint, _s3, _s3_input, _s3_model
 
 DATES = ["2026-01-04", "2026-01-05", "2026-01-06"]
 
@@ -391,3 +399,33 @@ def test_delta_input_where_prunes_by_the_logs_statistics(tmp_path, model):
     )
     assert report.rows_in == 1_000 and report.rows_out == want.num_rows == 500
     assert _scored(out)["customer_id"].to_pylist() == sorted(want["customer_id"].to_pylist())
+
+
+def test_where_on_s3_reads_only_the_matching_partition(s3, s3_input, s3_model, moto_endpoint):
+    """Hive keys are read from the listing: the other day's file is never opened on S3."""
+    input_url, table = s3_input
+    model_url, model_local = s3_model
+    options = {"endpoint_url": moto_endpoint}
+    output_url = f"s3://{S3_BUCKET}/scored/where"
+    report = run(
+        make_config(
+            input_url,
+            output_url,
+            model_url,
+            input={"storage_options": options, "where": "day = 2 AND region <> 'west'"},
+            model={"storage_options": options},
+            output={"storage_options": options},
+        )
+    )
+    manifest = json.loads(s3.cat_file(f"{S3_BUCKET}/scored/where/_manifest.json"))
+    assert [f["path"] for f in manifest["inputs"]] == [f"{input_url}/day=2/b.parquet"]
+    assert manifest["where"]["files_pruned"] == 1
+    want = table.slice(2_500).filter(pc.field("region") != "west")
+    assert report.rows_in == 2_500 and report.rows_out == want.num_rows
+    got = ds.dataset(
+        f"{S3_BUCKET}/scored/where", filesystem=s3, format="parquet", partitioning="hive"
+    ).to_table()
+    assert sorted(got["customer_id"].to_pylist()) == want["customer_id"].to_pylist()
+    np.testing.assert_allclose(
+        got.sort_by("customer_id")["probability"].to_numpy(), _expected(model_local, want)
+    )
