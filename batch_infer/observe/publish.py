@@ -24,7 +24,6 @@ from ..config import RunConfig
 from ..errors import BatchInferError, ConfigError, InputError, explain, first_line
 from ..redaction import redact_text, redact_url
 from ..targets import MANIFEST, SUCCESS, earlier_dated_manifest, is_reject_file
-from . import html
 from .facts import RunFacts
 from .statistics import RunStatistics
 
@@ -95,6 +94,8 @@ def write_html(
     if isinstance(facts, RunFacts):
         manifest = manifest or facts.manifest
         baseline = baseline or facts.baseline
+    from . import html  # only a run that writes a report renders one: start-up time
+
     page = html.render(data, manifest, baseline)
     fs, target = storage.resolve(path, {})
     folder = posixpath.dirname(target)
