@@ -462,3 +462,20 @@ def test_recorded_versions_that_differ_warn_and_strict_versions_exits_4(
     assert done.exit_code == 4, done.output
     assert "1.0.2" in done.output and sklearn.__version__ in done.output
     assert not (tmp_path / "b").exists()
+
+
+def test_a_local_mlmodel_folder_scores_as_the_pickle_by_path(registry, churn_input, tmp_path):
+    folder = tmp_path / "saved"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(
+            registry["first"], str(folder), pip_requirements=["scikit-learn", "cloudpickle"]
+        )
+    assert _run(churn_input, tmp_path / "path", str(registry["path"])).exit_code == 0
+    done = _run(churn_input, tmp_path / "folder", str(folder))
+    assert done.exit_code == 0, done.output
+    expected, scored = _scores(tmp_path / "path"), _scores(tmp_path / "folder")
+    np.testing.assert_array_equal(scored["probability"], expected["probability"])
+    record = _manifest(tmp_path / "folder")["model"]["registry"]
+    assert record["version"] is None and record["source"] == str(folder)
+    assert set(scored["model_version"]) == {f"saved@{record['sha256'][:12]}"}
