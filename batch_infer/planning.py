@@ -108,7 +108,8 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     )
     if config.engine.kind == "dask":
         reached = {"input": (plan.root, plan.fs), "output": (target.url, target.fs)}
-        if model.registry is None:  # an MLflow model: each worker gets it from the registry
+        if not config.model.path.startswith(("models:/", "runs:/")):  # workers get those
+            # from the registry; a file or an MLmodel folder must be reachable
             model_fs, _ = storage.resolve(config.model.path, config.model.storage_options)
             reached["model"] = (config.model.path, model_fs)
         dask_engine.check_reachable(config.engine, reached)
@@ -140,6 +141,7 @@ def fingerprint_of(config: RunConfig, plan: InputPlan, model: LoadedModel) -> di
         **({"input_version": plan.version} if plan.version else {}),
         **({"where": plan.where} if plan.where else {}),  # another --where: another run
         "model": model.sha256,
+        **({"model_registry": _registry_key(model.registry)} if model.registry else {}),
         "scaler": model.scaler.sha256 if model.scaler else None,
         "contract": model.contract_sha256,
         "runtime": model.runtime,
