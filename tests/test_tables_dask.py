@@ -17,7 +17,7 @@ import pytest
 
 from batch_infer import run
 
-from .conftest import make_config, read_output
+from .conftest import churn_table, make_config, read_output, write_parquet
 from .tables_helpers import (
     assert_same_rows,
     cli,
@@ -133,12 +133,16 @@ def test_dask_reads_a_delta_version_and_an_iceberg_snapshot(tmp_path, churn_inpu
         assert_same_rows(outputs["dask"], outputs["local"])
 
 
-def test_a_killed_dask_run_into_a_table_commits_once_when_rerun(tmp_path, churn_input, model):
+def test_a_killed_dask_run_into_a_table_commits_once_when_rerun(tmp_path, model):
     """SIGKILL of the client and its LocalCluster (a lost machine) once workers have staged some
     fragments, then the rerun on Dask: the killed attempt committed nothing, the rerun reuses
     what it staged, commits once, and leaves nothing the commit does not name."""
+    source = tmp_path / "many-row-groups"  # 20 fragments: the kill lands while work is left
+    rows = churn_table(5_000, seed=1)
+    write_parquet(rows.slice(0, 2_500), source / "day=1" / "a.parquet", row_group_size=250)
+    write_parquet(rows.slice(2_500), source / "day=2" / "b.parquet", row_group_size=250)
     table = tmp_path / "scores"
-    args = command(churn_input, f"delta:{table}", model, "--engine", "dask", "--batch-size", "100")
+    args = command(source, f"delta:{table}", model, "--engine", "dask", "--batch-size", "100")
     client = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)  # fmt: skip
     records = table / "_batch_infer" / "_staging"
@@ -159,7 +163,7 @@ def test_a_killed_dask_run_into_a_table_commits_once_when_rerun(tmp_path, churn_
     assert "already staged" in rerun.stderr
     assert len(_delta_runs(str(table))) == 1
     delta = deltalake.DeltaTable(str(table))
-    assert_same_rows(delta.to_pyarrow_table(), folder_reference(tmp_path, churn_input, model))
+    assert_same_rows(delta.to_pyarrow_table(), folder_reference(tmp_path, source, model))
     named = set(pa.table(delta.get_add_actions(flatten=True)).column("path").to_pylist())
     assert files_under(table) == named
     assert staged & named  # the killed attempt's complete files were committed, not redone
