@@ -54,3 +54,25 @@ def test_each_integer_lands_in_the_log_bin_that_holds_it():
         holds = low <= value < high if ordinal >= 0 else low < value <= high
         assert holds or (value == 0 and ordinal == 0), (value, low, high)
         assert data["counts"] == [2]
+
+
+LABELS = {
+    "binary int64": pa.array(RNG.integers(0, 2, 3_000)),
+    "one class": pa.array([1] * 50, pa.int64()),
+    "-1 and 1, with nulls": pa.array([-1, 1, None, 1, 1], pa.int8()),
+    "two adjacent classes far from zero": pa.array([10**12, 10**12 + 1, 10**12], pa.int64()),
+    "three classes": pa.array(RNG.integers(0, 3, 3_000).astype("int32")),
+    "uint64 extremes": pa.array([2**64 - 1, 2**64 - 2, 2**64 - 1], pa.uint64()),
+}
+
+
+@pytest.mark.parametrize("name", LABELS)
+def test_integer_labels_are_counted_per_value(name):
+    array = LABELS[name]
+    stats = RunStatistics([], ["prediction"], [])
+    stats.add_scored(pa.record_batch({"prediction": array}))
+    data = stats.to_dict()["outputs"]["prediction"]
+    counts = array.value_counts().to_pylist()  # pyarrow's own count, the reference
+    expected = {str(c["values"]): c["counts"] for c in counts if c["values"] is not None}
+    assert data["top"] == dict(sorted(expected.items(), key=lambda kv: (-kv[1], kv[0])))
+    assert (data["rows"], data["nulls"]) == (len(array), array.null_count)

