@@ -26,6 +26,7 @@ from .tables_helpers import (
     files_under,
     folder_reference,
 )
+from .test_dask import cluster as _cluster
 
 deltalake = pytest.importorskip("deltalake")
 pytest.importorskip("pyiceberg")
@@ -34,6 +35,7 @@ pytest.importorskip("distributed")
 from pyiceberg.catalog.sql import SqlCatalog  # noqa: E402
 
 DASK = {"kind": "dask", "workers": 2}
+cluster = _cluster  # the fixture (`dask scheduler` and `dask worker` processes), for this module
 RUN_KEY = "batch-infer.run-key"
 
 
@@ -188,4 +190,23 @@ def test_a_dask_run_killed_after_its_iceberg_commit_does_not_commit_again(
     )
     table = _catalog(warehouse).load_table("db.scores")
     assert [s.snapshot_id for s in table.snapshots()] == [snapshot.snapshot_id]
+    assert_same_rows(table.scan().to_arrow(), folder_reference(tmp_path, churn_input, model))
+
+
+def test_workers_elsewhere_open_the_clients_iceberg_catalog(tmp_path, churn_input, model, cluster):
+    """`dask worker` processes started in another folder than the client's, a relative
+    ``--warehouse``: the workers open the catalog the client names (its absolute warehouse), not
+    one of their own, and the table holds the local engine's rows."""
+    address, start_worker = cluster
+    elsewhere, home = tmp_path / "worker-home", tmp_path / "client-home"
+    elsewhere.mkdir()
+    home.mkdir()
+    start_worker(cwd=elsewhere)
+    args = command(churn_input, "iceberg:db.scores", model, "--warehouse", "wh",
+                   "--engine", "dask", "--scheduler", address)  # fmt: skip
+    done = cli(args, cwd=home, BATCH_INFER_ENGINE__SHARED_FILESYSTEM="true")
+    assert done.returncode == 0, done.stderr
+    assert not (elsewhere / "wh").exists()  # no catalog of the workers' own
+    table = _catalog(home / "wh").load_table("db.scores")
+    assert len(table.snapshots()) == 1
     assert_same_rows(table.scan().to_arrow(), folder_reference(tmp_path, churn_input, model))
