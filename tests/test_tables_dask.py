@@ -195,8 +195,9 @@ def test_a_dask_run_killed_after_its_iceberg_commit_does_not_commit_again(
 
 def test_workers_elsewhere_open_the_clients_iceberg_catalog(tmp_path, churn_input, model, cluster):
     """`dask worker` processes started in another folder than the client's, a relative
-    ``--warehouse``: the workers open the catalog the client names (its absolute warehouse), not
-    one of their own, and the table holds the local engine's rows."""
+    ``--warehouse``: the workers only write data files (the table layout the client checked
+    travels with the task), they open no catalog of their own, and the client's one commit
+    holds the local engine's rows."""
     address, start_worker = cluster
     elsewhere, home = tmp_path / "worker-home", tmp_path / "client-home"
     elsewhere.mkdir()
