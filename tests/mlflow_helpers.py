@@ -57,6 +57,10 @@ def start_server(root: Path, app_name: str | None = None, timeout: float = 300) 
         str(root / "artifacts"),
         "--workers",
         "1",
+        # idle connections kept open: under load, a client reusing one the server just closed
+        # would see "Remote end closed connection without response"
+        "--uvicorn-opts",
+        "--timeout-keep-alive 300",
     ]
     if app_name:
         command += ["--app-name", app_name]

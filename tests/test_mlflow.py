@@ -90,7 +90,8 @@ def registry(tmp_path_factory):
     server = start_server(root / "server")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", server.url)
-        env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        env.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.2")
         env.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         try:
             yield _register(server, root)
@@ -339,6 +340,7 @@ def test_server_down_nothing_cached_exits_75_cached_pinned_version_resumes(
 ):
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the refusal, not the retries
     done = _run(churn_input, tmp_path / "none", "models:/churn@champion")
     assert done.exit_code == 75, done.output
     assert dead in done.output and "MLFLOW_TRACKING_URI" in done.output
