@@ -795,7 +795,8 @@ def case_tables(data: dict) -> str:
             "`batch-infer run --runtime sklearn`; *compiled* is `--runtime compiled` after "
             "`batch-infer compile` (its time: *compile*, one run); model bounds are CPU seconds ÷ "
             "cores (CPU seconds in brackets); *naive*: the naive pandas loop (runs in brackets); "
-            "*= naive*: the output read back equals the naive loop's (sklearn/compiled).",
+            "*= naive*: each output read back equals the naive loop's (sklearn, compiled; for "
+            "logreg-10m also snappy and without statistics).",
             "",
             "| case | rows | IO bound serial / parallel | model bound | compiled model bound "
             "| compile | batch-infer | compiled | naive | peak RSS batch-infer / compiled | = naive |",
