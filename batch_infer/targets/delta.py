@@ -24,7 +24,7 @@ from typing import Any
 
 import fsspec.utils
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .. import storage
 from ..errors import ConfigError, OutputConflictError, first_line
@@ -106,17 +106,27 @@ STATS_TRUNCATE = 64  # bytes: parquet-rs truncates string statistics to this (de
 INDEXED_COLUMNS = 32  # delta.dataSkippingNumIndexedCols's default: the first 32 data columns
 
 
-def delta_stats(rows: pa.Table, indexed: int | list[str] = INDEXED_COLUMNS) -> dict[str, Any]:
+def delta_stats(
+    metadata: pq.FileMetaData, schema: pa.Schema, indexed: int | list[str] = INDEXED_COLUMNS
+) -> dict[str, Any]:
     """A data file's ``stats`` (numRecords, minValues, maxValues, nullCount), value for value as
     delta-rs's own writer records them, so Spark, Trino and delta-rs skip files by them.
 
-    ``rows`` are the file's columns (partition columns are in the log, not here); ``indexed``
-    is how many leading columns get statistics (-1: all) or their names. As delta-rs: NaN is
-    ignored (all NaN: no min/max), a zero minimum is -0.0 and a zero maximum +0.0, strings longer
-    than 64 bytes are cut (the maximum then rounded up), timestamps are given to the
-    millisecond (cut, not rounded), decimals as numbers; binary, list and map columns get none.
+    Read from the footer the Parquet writer just made (its row groups' statistics, which it
+    computes anyway: no pass over the rows). ``schema`` is the file's (partition columns are in
+    the log, not here); ``indexed`` how many leading columns get statistics (-1: all) or their
+    names. As delta-rs: NaN is ignored (all NaN: no min/max), a zero minimum is -0.0 and a zero
+    maximum +0.0, strings longer than 64 bytes are cut (the maximum then rounded up), timestamps
+    are given to the millisecond (cut, not rounded), decimals as numbers; binary, list and map
+    columns get none.
     """
-    fields = list(rows.schema)
+    leaves: dict[str, list[Any]] = {}
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            leaves.setdefault(chunk.path_in_schema, []).append(chunk)
+    fields = list(schema)
     if isinstance(indexed, int):
         fields = fields if indexed < 0 else fields[:indexed]
     else:
@@ -125,28 +135,34 @@ def delta_stats(rows: pa.Table, indexed: int | list[str] = INDEXED_COLUMNS) -> d
     maximum: dict[str, Any] = {}
     nulls: dict[str, Any] = {}
     for f in fields:
-        _column_stats(f.name, rows.column(f.name), minimum, maximum, nulls)
+        _field_stats(f, f.name, leaves, minimum, maximum, nulls)
     return {
-        "numRecords": rows.num_rows,
+        "numRecords": metadata.num_rows,
         "minValues": minimum,
         "maxValues": maximum,
         "nullCount": nulls,
     }
 
 
-def _column_stats(
-    name: str, column: Any, minimum: dict[str, Any], maximum: dict[str, Any], nulls: dict[str, Any]
+def _field_stats(
+    field: pa.Field,
+    path: str,
+    leaves: dict[str, list[Any]],
+    minimum: dict[str, Any],
+    maximum: dict[str, Any],
+    nulls: dict[str, Any],
 ) -> None:
-    t = column.type
+    t = field.type
     if pa.types.is_struct(t):
         inner: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = ({}, {}, {})
-        for i, child in enumerate(t):
-            _column_stats(child.name, pc.struct_field(column, [i]), *inner)
+        for child in t:
+            _field_stats(child, f"{path}.{child.name}", leaves, *inner)
         for into, values in zip((minimum, maximum, nulls), inner, strict=True):
             if values:
-                into[name] = values
+                into[field.name] = values
         return
-    if not (
+    chunks = leaves.get(path)
+    if not chunks or not (
         pa.types.is_integer(t)
         or pa.types.is_floating(t)
         or pa.types.is_boolean(t)
@@ -157,24 +173,40 @@ def _column_stats(
         or pa.types.is_decimal(t)
     ):
         return
-    nulls[name] = column.null_count
-    if column.null_count == len(column):
+    statistics = [c.statistics for c in chunks]
+    if any(s is None or not s.has_null_count for s in statistics):
         return
-    bounds = pc.min_max(column)
-    low, high = bounds["min"], bounds["max"]
+    nulls[field.name] = sum(s.null_count for s in statistics)
+    low = high = None
+    for chunk, stats in zip(chunks, statistics, strict=True):
+        if not stats.has_min_max:
+            if stats.null_count < chunk.num_values and not pa.types.is_floating(t):
+                return  # values without bounds: none can be given (floats: all NaN)
+            continue
+        a, b = _comparable(stats, t)
+        low = a if low is None or a < low else low
+        high = b if high is None or b > high else high
+    if low is None or high is None:
+        return
     try:
         values = _stat_value(low, t, "min"), _stat_value(high, t, "max")
     except (OverflowError, ValueError):  # a date or time Python cannot hold: no bounds at all
         return
-    if values[0] is None or values[1] is None:
-        return
-    minimum[name], maximum[name] = values
+    if values[0] is not None and values[1] is not None:
+        minimum[field.name], maximum[field.name] = values
 
 
-def _stat_value(scalar: Any, t: pa.DataType, which: str) -> Any:
+def _comparable(stats: Any, t: pa.DataType) -> tuple[Any, Any]:
+    """A row group's bounds as values that order as the column does."""
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return stats.min_raw, stats.max_raw  # integers: no datetime range limits
+    return stats.min, stats.max
+
+
+def _stat_value(value: Any, t: pa.DataType, which: str) -> Any:
     if pa.types.is_timestamp(t):
-        micros = pc.cast(scalar, pa.timestamp("us", t.tz)).cast(pa.int64()).as_py()
-        seconds, fraction = divmod(micros, 1_000_000)
+        micros = value * {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}[t.unit]
+        seconds, fraction = divmod(int(micros), 1_000_000)
         moment = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=seconds)
         text = moment.strftime("%Y-%m-%dT%H:%M:%S" if t.tz else "%Y-%m-%d %H:%M:%S")
         if moment.year < 1000:
@@ -182,17 +214,19 @@ def _stat_value(scalar: Any, t: pa.DataType, which: str) -> Any:
         if fraction:
             text += f".{fraction // 1000:03d}"
         return text + ("Z" if t.tz else "")
-    value = scalar.as_py()
+    if pa.types.is_date(t):
+        days = value if pa.types.is_date32(t) else value // 86_400_000
+        return (dt.date(1970, 1, 1) + dt.timedelta(days=days)).isoformat()
     if pa.types.is_floating(t):
-        if value != value:  # NaN: every value was NaN
+        if value != value:  # NaN
             return None
         if value == 0:
             value = -0.0 if which == "min" else 0.0
-        return value
+        return float(value)
     if pa.types.is_decimal(t):
         return float(value)
-    if pa.types.is_date(t):
-        return value.isoformat()
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
     if isinstance(value, str):
         return _truncated(value, which)
     return value
@@ -332,10 +366,10 @@ class DeltaTarget(TableTarget):
         arrow = pa.schema(table.schema().to_arrow())
         return arrow, list(table.metadata().partition_columns)
 
-    def file_statistics(self, rows: pa.Table) -> str | None:
+    def file_statistics(self, schema: pa.Schema, metadata: pq.FileMetaData) -> str | None:
         """Delta's per-file ``stats`` (see ``delta_stats``), for the columns the table's
         ``delta.dataSkippingStatsColumns`` / ``delta.dataSkippingNumIndexedCols`` name."""
-        return json.dumps(delta_stats(rows, self._indexed_columns()))
+        return json.dumps(delta_stats(metadata, schema, self._indexed_columns()))
 
     def _indexed_columns(self) -> int | list[str]:
         """Which columns get statistics: the table's setting, read once per process."""

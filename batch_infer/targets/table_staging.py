@@ -156,15 +156,15 @@ def write_partitioned(
     keep_partition_columns: bool,
     dictionary_columns: list[str] | bool = True,
     where: str = "",
-    statistics: Callable[[pa.Table], str | None] | None = None,
+    statistics: Callable[[pa.Schema, pq.FileMetaData], str | None] | None = None,
 ) -> list[OutputFile]:
     """Write a fragment's rows as Parquet files under ``base/<col>=<value>/prefix-<i>.parquet``.
 
     Delta keeps partition values only in its log (``keep_partition_columns=False``); Iceberg's
     files hold the partition columns too (``add_files`` reads the values from their statistics).
     A fragment is one row group of the input: it is gathered in memory and split by partition.
-    ``statistics`` gives each file's statistics for the commit, computed here on the worker
-    from the rows in memory rather than by reading every footer back at commit time.
+    ``statistics`` gives each file's statistics for the commit from the footer just written,
+    here on the worker, rather than by reading every footer back at commit time.
     """
     table = pa.Table.from_batches(list(batches), schema=schema)
     if partition_by:
@@ -201,15 +201,16 @@ def write_partitioned(
             if storage.is_local(fs):
                 fs.makedirs(posixpath.dirname(path), exist_ok=True)
             with fs.open(path, "wb") as handle:
-                pq.write_table(
-                    chunk,
+                with pq.ParquetWriter(
                     handle,
+                    chunk.schema,
                     compression=compression,
-                    row_group_size=row_group_size,
                     use_dictionary=dictionary_columns,
-                )
+                ) as writer:
+                    writer.write_table(chunk, row_group_size=row_group_size)
                 size = handle.tell()
-            stats = statistics(chunk) if statistics is not None else None
+            footer = writer.writer.metadata  # what the statistics come from: no second pass
+            stats = statistics(chunk.schema, footer) if statistics is not None else None
             written.append(OutputFile(relative, chunk.num_rows, size, stats))
     return sorted(written, key=lambda f: f.path)
 
@@ -399,8 +400,8 @@ class TableTarget(FolderTarget):
             statistics=self.file_statistics,
         )
 
-    def file_statistics(self, rows: pa.Table) -> str | None:
-        """The statistics a commit records for a data file of ``rows`` (None: the format
+    def file_statistics(self, schema: pa.Schema, metadata: pq.FileMetaData) -> str | None:
+        """The statistics a commit records for a data file, from its footer (None: the format
         derives its own, as Iceberg's ``add_files`` does from the footer)."""
         return None
 
