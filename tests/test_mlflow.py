@@ -91,7 +91,7 @@ def registry(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", server.url)
         env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-        env.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.2")
+        env.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         env.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         try:
             yield _register(server, root)
