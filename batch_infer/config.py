@@ -358,7 +358,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def anchored(path: str, folder: str) -> str:
     """``path`` relative to ``folder``; URLs, absolute and ``~`` paths are returned unchanged."""
-    if path.startswith("iceberg:"):  # a table's name in a catalog, not a path
+    if path.startswith(("iceberg:", "models:/", "runs:/")):  # names in a catalog or registry
         return path
     if path.startswith("delta:"):
         return "delta:" + anchored(path.removeprefix("delta:"), folder)
