@@ -50,6 +50,8 @@ class FragmentJob:
         None  # features, outputs, partitions
     )
     row_filter: pc.Expression | None = None  # --where: rows it does not select are not scored
+    # batches already decoded, by fragment name (planning.read_ahead_while); taken once
+    prefetched: dict[str, list[pa.RecordBatch]] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def score_fragment(
 
     def scored() -> Iterator[pa.RecordBatch]:
         nonlocal selected
-        batches = read_fragment(
+        batches = (job.prefetched or {}).pop(fragment.name, None) or read_fragment(
             job.input_fs,
             fragment,
             job.input_schema,

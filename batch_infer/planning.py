@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from .errors import (
     ConfigError,
     InputError,
 )
-from .inputs import InputPlan, plan_input
+from .inputs import InputPlan, plan_input, read_fragment
 from .model import LoadedModel, load_model
 from .model.contract import signature_problem, type_problem
 from .model.registry import moved_alias
@@ -48,6 +48,7 @@ class PreparedRun:
     engine_stats: Any = None  # engines.dask.DaskStats when the Dask engine scored
     facts: RunFacts | None = None
     resumed_statistics: list[dict[str, Any]] = field(default_factory=list)  # of staged fragments
+    prefetched: dict[str, list[pa.RecordBatch]] = field(default_factory=dict)  # see read_ahead
 
     @property
     def own_prefixes(self) -> set[str]:
@@ -61,8 +62,11 @@ class PreparedRun:
         return {n for n in added if pa.types.is_floating(self.output_schema.field(n).type)}
 
 
-def prepare_run(config: RunConfig) -> PreparedRun:
-    """Load the model, plan the input, check features and output: all before any scoring."""
+def prepare_run(config: RunConfig, read_ahead: bool = False) -> PreparedRun:
+    """Load the model, plan the input, check features and output: all before any scoring.
+
+    ``read_ahead``: decode the first fragments while the model loads (see ``read_ahead``).
+    """
     output_url = config.output_path
     staged_pin = _registry_pin(config)  # an interrupted run's MLflow version, kept on resume
     if staged_pin is not None:
@@ -78,6 +82,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         except BatchInferError:
             model_future.result()
             raise
+        prefetched = read_ahead_while(plan, model_future, config) if read_ahead else {}
         model = model_future.result()
     if staged_pin is not None and not _same_work(staged_pin[1], config, plan):
         config = config.model_copy(update={"model": staged_pin[2]})  # another run: unpinned
@@ -130,7 +135,50 @@ def prepare_run(config: RunConfig) -> PreparedRun:
             f"the input {plan.root} is inside the output {target.url}",
             "keep inputs out of the output folder: overwriting it would touch them",
         )
-    return PreparedRun(config, plan, model, spec, output_schema, target, fingerprint)
+    return PreparedRun(
+        config, plan, model, spec, output_schema, target, fingerprint, prefetched=prefetched
+    )
+
+
+READ_AHEAD_BYTES = 64 << 20  # decoded rows held at most, until the workers take them
+
+
+def read_ahead_while(
+    plan: InputPlan, loading: Future[Any], config: RunConfig
+) -> dict[str, list[pa.RecordBatch]]:
+    """The first fragments' batches, decoded while the model loads.
+
+    Unpickling a scikit-learn model imports scikit-learn and SciPy: Python on one core for
+    about a second. Decoding Parquet releases the GIL, so the other core reads what the workers
+    would read first, exactly as they read it (``read_fragment``); they score these batches
+    instead of reading them again. Stops when the model is loaded (at once for a compiled
+    runtime) or ``READ_AHEAD_BYTES`` are held. A fragment that fails to read is left to its
+    worker, which reports the error as always.
+    """
+    ready: dict[str, list[pa.RecordBatch]] = {}
+    if config.engine.kind != "local":
+        return ready  # the Dask workers read their own fragments
+    held = 0
+    for fragment in plan.fragments:
+        if loading.done() or held >= READ_AHEAD_BYTES:
+            break
+        try:
+            batches = list(
+                read_fragment(
+                    plan.fs,
+                    fragment,
+                    plan.schema,
+                    plan.partition_schema,
+                    config.input.batch_size,
+                    False,
+                )
+            )
+        except Exception:
+            break
+        ready[fragment.name] = batches
+        held += sum(b.nbytes for b in batches)
+    log.debug("read %d fragment(s) ahead while the model loaded", len(ready))
+    return ready
 
 
 def fingerprint_of(config: RunConfig, plan: InputPlan, model: LoadedModel) -> dict[str, Any]:

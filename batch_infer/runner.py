@@ -104,7 +104,7 @@ def _run(
     progress = progress or NoProgress()
     cancel = cancel or threading.Event()
     with facts.stage("plan"):
-        prepared = prepare_run(config)
+        prepared = prepare_run(config, read_ahead=True)
     prepared.facts = facts
     note_plan(facts, prepared)
     note_tables(facts, config, prepared.plan.version)
@@ -239,7 +239,9 @@ def _score(
         ),
         statistics=statistics_columns(prepared),
         row_filter=plan.row_filter,
+        prefetched={n: b for n, b in prepared.prefetched.items() if n not in done},
     )
+    prepared.prefetched = {}  # the job's copy is emptied as the workers take them
     fragments = plan.fragments
     todo = [f for f in fragments if f.name not in done]
     log.info(
