@@ -9,7 +9,7 @@ tree ensembles 0.9x, and deep random forests compiled slower than scikit-learn's
 Building needs a C compiler (gcc or clang) and the ``treelite`` and ``tl2cgen`` packages;
 scoring needs only the shared library: it carries its own batch loop (``BATCH_C``), called
 through ctypes (which releases the GIL), so a run imports neither tl2cgen nor treelite (nor the
-SciPy they import: most of a compiled run's start-up, see ``python -X importtime``).
+SciPy they import; see ``python -X importtime``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -47,29 +48,75 @@ FORESTS = {
 }
 # scikit-learn's DecisionTree-based models compare float32(x) with their thresholds
 FLOAT32_INPUT = {"GradientBoostingClassifier", "GradientBoostingRegressor"}
-# the loop TL2cgen's predictor runs, as C beside the generated code: a NaN is "missing", every
-# other value a number; each row's result starts at zero, as the predictor's output array does
+UNITS = 32  # translation units the trees are split into: each one's code stays in the CPU cache
+BLOCK_VALUES = 262_144  # feature values per block of rows (2 MiB of entries)
+# What TL2cgen's predictor does for each row, as C beside the generated code: a NaN is "missing",
+# every other value a number, each row's result starts at zero; then the trees of each unit for a
+# block of rows before the next unit's (measured on 300k rows, 200 trees: 2x faster than all the
+# trees row by row, whose code does not fit the instruction cache). A row's sums are added in
+# the same order either way, so its bits are the same. BASE is ``predict``'s own code after the
+# trees (the base scores), copied from the generated main.c.
 BATCH_C = """
 #include "header.h"
+
+typedef void (*unit_fn)(union Entry*, double*);
+static const unit_fn units[] = { UNITS };
+
+static void base_scores(double* result) {
+  unsigned int tmp;
+  (void)tmp;
+  BASE
+}
 
 int32_t batch_outputs(void) { return N_TARGET * MAX_N_CLASS; }
 
 void predict_batch(const double* rows, size_t count, int pred_margin, double* out) {
-  const int32_t width = get_num_feature();
-  const int32_t outputs = N_TARGET * MAX_N_CLASS;
-  union Entry* entry = (union Entry*)malloc(sizeof(union Entry) * (width > 0 ? width : 1));
-  for (size_t r = 0; r < count; ++r) {
-    const double* row = rows + r * (size_t)width;
-    for (int32_t j = 0; j < width; ++j) {
-      if (isnan(row[j])) { entry[j].missing = -1; } else { entry[j].fvalue = row[j]; }
+  const size_t width = (size_t)(get_num_feature() > 0 ? get_num_feature() : 1);
+  const size_t outputs = (size_t)(N_TARGET * MAX_N_CLASS);
+  size_t block = BLOCK_VALUES / width;
+  block = block < 16 ? 16 : (block > 1024 ? 1024 : block);
+  union Entry* entries = (union Entry*)malloc(sizeof(union Entry) * width * block);
+  for (size_t start = 0; start < count; start += block) {
+    const size_t n = count - start < block ? count - start : block;
+    for (size_t r = 0; r < n; ++r) {
+      const double* row = rows + (start + r) * width;
+      union Entry* entry = entries + r * width;
+      for (size_t j = 0; j < width; ++j) {
+        if (isnan(row[j])) { entry[j].missing = -1; } else { entry[j].fvalue = row[j]; }
+      }
+      for (size_t k = 0; k < outputs; ++k) { out[(start + r) * outputs + k] = 0.0; }
     }
-    double* result = out + r * (size_t)outputs;
-    for (int32_t k = 0; k < outputs; ++k) { result[k] = 0.0; }
-    predict(entry, pred_margin, result);
+    for (size_t u = 0; u < sizeof(units) / sizeof(units[0]); ++u) {
+      for (size_t r = 0; r < n; ++r) { units[u](entries + r * width, out + (start + r) * outputs); }
+    }
+    for (size_t r = 0; r < n; ++r) {
+      double* result = out + (start + r) * outputs;
+      base_scores(result);
+      if (!pred_margin) { postprocess(result); }
+    }
   }
-  free(entry);
+  free(entries);
 }
 """
+
+
+def batch_source(main_c: str) -> str:
+    """BATCH_C for this model: its units, in ``predict``'s order, and its base scores."""
+    units = re.findall(r"^\s*(predict_unit\d+)\(data, result\);", main_c, re.MULTILINE)
+    start, end = main_c.find("// Apply base_scores"), main_c.find("// Apply postprocessor")
+    if not units or not 0 <= start < end:
+        raise ModelError(
+            "the C code TL2cgen generated has an unexpected form (no predict_unit calls or base "
+            "scores in main.c)",
+            "report the tl2cgen version; " + NO_RUNTIME,
+        )
+    return (
+        BATCH_C.replace("{ UNITS }", "{" + ", ".join(units) + "}")
+        .replace("BASE", main_c[start:end])
+        .replace("BLOCK_VALUES", str(BLOCK_VALUES))
+    )
+
+
 NO_RUNTIME = "score it with the scikit-learn runtime (--runtime sklearn; the default when nothing is compiled)"
 
 
@@ -146,15 +193,18 @@ class TreeRuntime:
         cores = max(1, len(os.sched_getaffinity(0)))
         sources = folder / "src"
         try:
-            tl2cgen.generate_c_code(imported, str(sources), params={"parallel_comp": 2 * cores})
-            (sources / "batch.c").write_text(BATCH_C)
+            tl2cgen.generate_c_code(imported, str(sources), params={"parallel_comp": UNITS})
+            batch = batch_source((sources / "main.c").read_text())
+            (sources / "batch.c").write_text(batch)
             recipe = json.loads((sources / "recipe.json").read_text())
-            recipe["sources"].append({"name": "batch", "length": BATCH_C.count("\n")})
+            recipe["sources"].append({"name": "batch", "length": batch.count("\n")})
             (sources / "recipe.json").write_text(json.dumps(recipe))
             built = tl2cgen.create_shared(
                 toolchain, str(sources), nthread=cores, long_build_time_warning=False
             )
             shutil.move(built, library)
+        except ModelError:
+            raise
         except Exception as exc:
             raise ModelError(
                 f"compiling {name} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
