@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -152,6 +154,21 @@ def test_a_separate_scaler_file_and_the_pipeline_share_one_runtime(tmp_path: Pat
     assert report.runtime == "treelite"
     expected = zoo.model_outputs(model, scaled, ["predict", "predict_proba"])
     _assert_models_own(scored, expected)
+
+    # a run on the compiled trees loads their library only: no tl2cgen, treelite, SciPy or
+    # scikit-learn (their imports were most of such a run's start-up)
+    script = (
+        "import sys\n"
+        "from batch_infer.cli import app\n"
+        f"app(['run', '--quiet', '--input', {str(folder)!r}, '--output', {str(tmp_path / 'again')!r},"
+        f" '--model', {str(tmp_path / 'model.joblib')!r}, '--scaler', {str(tmp_path / 'scaler.joblib')!r},"
+        " '--runtime', 'compiled'], standalone_mode=False)\n"
+        "print(sorted(m for m in ('tl2cgen', 'treelite', 'scipy', 'sklearn') if m in sys.modules))\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "again" / "_SUCCESS").exists()
 
 
 @pytest.mark.parametrize(
