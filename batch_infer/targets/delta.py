@@ -6,7 +6,8 @@ then one commit adds them all, carrying the run key twice: as an app transaction
 committed?" is one lookup) and in the commit info (``batch-infer.run-key``, ``batch-infer.run-id``,
 ``batch-infer.manifest``), where the history says which version holds it. An overwrite replaces
 the partitions the run writes in the same commit (delta-rs derives the removes from the
-partition filter). On S3, delta-rs 1.x commits with conditional PUTs (``If-None-Match``), safe for
+partition filter). Each add action carries the file's statistics as delta-rs writes them
+(``delta_stats``). On S3, delta-rs 1.x commits with conditional PUTs (``If-None-Match``), safe for
 concurrent writers without a locking provider, so nothing unsafe is switched on.
 """
 

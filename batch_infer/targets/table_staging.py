@@ -9,8 +9,14 @@ Everything else a run keeps on the way (the lock, the run record, the fragment r
 commit plan, staged rejects, the committed manifest) lives in a side folder next to the data,
 ``<table>/_batch_infer/``, handled by the folder target's machinery (``TableTarget`` is a
 ``FolderTarget`` rooted there). A data file no commit names and no fragment record lists is an
-orphan of a killed attempt: removed when the run that wrote it is resumed or discarded, never
-while a commit names it.
+orphan of a killed attempt: removed when the run that wrote it is resumed or discarded, or, for
+a run never rerun, by a later successful run once it has been idle a day (``clean_abandoned``),
+never while a commit names it.
+
+The lock is per run key (``_locks/<run key>.lock``): runs of other run keys commit side by side,
+the table's optimistic concurrency and a bounded retry ordering their commits. Rejected rows are
+committed after the main commit to a sibling table, ``<table>_rejects``, under the same run key
+(``commit_rejects``), unless ``--rejects`` names a folder.
 """
 
 from __future__ import annotations
