@@ -89,7 +89,8 @@ def score_batch(
     rejected rows (see ``_score_rows``).
     """
     origin = origin or RowOrigin("", 0, 0)
-    features = model_input(batch, model.contract, model.encoder)  # a conversion error is bad input: raised
+    # a conversion error is bad input: raised
+    features = model_input(batch, model.contract, model.encoder)
     reasons = unscorable_rows(batch, model.contract, features)
     keep = np.ones(batch.num_rows, dtype=bool)
     keep[list(reasons)] = False

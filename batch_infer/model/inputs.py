@@ -200,7 +200,9 @@ def _decoded_float(column: pa.Array) -> bool:
 
 
 def _unknown_reasons(column: pa.Array, spec: FeatureSpec, reasons: dict[int, Reason]) -> None:
-    unseen = pc.and_(pc.is_valid(column), pc.is_null(category_positions(column, spec.categories or [])))
+    unseen = pc.and_(
+        pc.is_valid(column), pc.is_null(category_positions(column, spec.categories or []))
+    )
     mask = unseen.to_numpy(zero_copy_only=False)
     if not mask.any():
         return
