@@ -456,3 +456,43 @@ def test_rejects_go_to_a_sibling_iceberg_table(tmp_path, workdir, model):
     rejects = sibling.scan().to_arrow().sort_by("customer_id")
     assert rejects["customer_id"].to_pylist() == bad
     assert set(rejects["reject_code"].to_pylist()) != {None}
+
+
+def test_an_iceberg_run_removes_an_old_abandoned_runs_files_and_keeps_every_snapshots(
+    tmp_path, workdir, churn_input, model
+):
+    location = workdir / "warehouse" / "db" / "scores"
+    side, data = location / "_batch_infer", location / "data"
+
+    def run(date: str, **extra: str):
+        return cli(
+            command(churn_input, "iceberg:db.scores", model, run_date=date), workdir, **extra
+        )
+
+    assert run("2026-01-31").returncode == 0
+    warehouse = workdir / "warehouse"
+    catalog = SqlCatalog(
+        "default", uri=f"sqlite:///{warehouse}/catalog.db", warehouse=f"file://{warehouse}"
+    )
+    first = catalog.load_table("db.scores").current_snapshot().snapshot_id
+    before = catalog.load_table("db.scores").scan(snapshot_id=first).to_arrow()
+    killed = run("2026-02-03", BATCH_INFER_FAILPOINT="between-fragments")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (old,) = staging_keys(side)
+    old_files = {p for p in files_under(data) if f"part-{old}-" in p}
+    assert old_files
+    _age([data / f for f in old_files], TWO_DAYS)
+    _age(list((side / "_staging" / old).rglob("*")), TWO_DAYS)
+
+    done = run(DATES[1])
+    assert done.returncode == 0, done.stderr
+    assert staging_keys(side) == []
+    assert not old_files & files_under(data)
+    table = catalog.load_table("db.scores")
+    assert table.scan(snapshot_id=first).to_arrow().equals(before)
+    named = {
+        t.file.file_path.removeprefix("file://").removeprefix(f"{data}/")
+        for t in table.scan().plan_files()
+    }
+    assert files_under(data) == named
+    assert table.scan().to_arrow().num_rows == 10_000
