@@ -140,7 +140,7 @@ def prepare_run(config: RunConfig, read_ahead: bool = False) -> PreparedRun:
     )
 
 
-READ_AHEAD_BYTES = 64 << 20  # decoded rows held at most, until the workers take them
+READ_AHEAD_BYTES = 32 << 20  # decoded rows held at most (peak RSS), until the workers take them
 
 
 def read_ahead_while(
