@@ -780,7 +780,10 @@ class TableTarget(FolderTarget):
         left (``clean_abandoned``). Repeated by a rerun after a kill, as a whole."""
         self.commit_rejects(intent)
         self._drop_records(self.staging_key)
-        self.clean_abandoned()
+        try:
+            self.clean_abandoned()
+        except Exception as exc:  # noqa: BLE001  the run is committed: cleanup never undoes that
+            log.warning("could not clean up after abandoned runs: %s", first_line(exc))
 
     def commit_rejects(self, intent: dict[str, Any]) -> str | None:
         """Commit the run's staged rejected rows to ``<table>_rejects`` in one commit carrying
