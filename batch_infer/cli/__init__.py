@@ -45,18 +45,6 @@ def _top(
     """Score Parquet data with a fitted scikit-learn model and commit the scored data safely."""
 
 
-@app.callback()
-def _top(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-) -> None:
-    """Score Parquet data with a fitted scikit-learn model and commit the scored data safely."""
-
-
 app.command("run")(run.run)
 app.command("validate")(run.validate)
 app.command("serve")(serve_command)
