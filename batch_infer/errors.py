@@ -317,7 +317,7 @@ def _unavailable(
     return StorageUnavailable(
         f"the object store {kind}, also when retried {_detail(exc, code, response)}",
         "nothing was committed; rerun later and the run resumes where it stopped (retries "
-        "and timeouts: AWS_MAX_ATTEMPTS, or config_kwargs in storage_options; see the README)",
+        "and timeouts: AWS_MAX_ATTEMPTS, or config_kwargs in storage_options; see docs/running-jobs.md, Retries and timeouts)",
     )
 
 

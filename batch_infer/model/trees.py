@@ -1,10 +1,11 @@
 """Gradient-boosted tree ensembles compiled to native code (treelite -> TL2cgen -> a C compiler).
 
-Chosen by measurement (README "Performance"): on 1M rows, 2 cores, HistGradientBoosting with
-200 iterations predicts 3-6x faster compiled than in scikit-learn, with probabilities within
-1e-15. Treelite's interpreter (GTIL) was slower than scikit-learn, ONNX Runtime's double-precision
-tree ensembles 0.9x, and deep random forests compiled slower than scikit-learn's own traversal
-(and took minutes to compile), so forests stay on scikit-learn.
+Chosen by measurement (`make bench`, the scaler/imputer + HGB cases): HistGradientBoosting
+with 200 iterations predicts several times faster compiled than in scikit-learn, with
+probabilities within 1e-15. Treelite's interpreter (GTIL) was slower than scikit-learn, ONNX
+Runtime's double-precision tree ensembles 0.9x, and deep random forests compiled slower than
+scikit-learn's own traversal and took minutes to compile (``python
+benchmarks/forest_compiled.py`` measures it), so forests stay on scikit-learn.
 
 Building needs a C compiler (gcc or clang) and the ``treelite`` and ``tl2cgen`` packages;
 scoring needs only the shared library: it carries its own batch loop (``BATCH_C``), called
@@ -124,9 +125,9 @@ def is_tree_ensemble(model: Any) -> bool:
     name = type(model).__name__
     if name in FORESTS:
         raise ModelError(
-            f"{name} is not compiled: measured on 1M rows, a 100-tree forest compiled to native "
-            "code predicted 3-6x slower than scikit-learn (deep trees do not fit the CPU caches "
-            "as code) and took over 5 minutes to compile",
+            f"{name} is not compiled: a deep forest compiled to native code predicts slower than "
+            "scikit-learn (deep trees do not fit the CPU caches as code) and takes minutes to "
+            "compile (measured by benchmarks/forest_compiled.py)",
             NO_RUNTIME,
         )
     if name.startswith("XGB"):
