@@ -57,7 +57,7 @@ class InputConfig(_Section):
     )
     where: str | None = Field(
         None,
-        description="SQL condition selecting the rows to score, e.g. \"event_date = "
+        description='SQL condition selecting the rows to score, e.g. "event_date = '
         "'2026-01-05' AND score > 0.5\"; files of partitions it excludes are not read.",
     )
 

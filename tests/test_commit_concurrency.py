@@ -219,8 +219,8 @@ def _stage(target: targets.FolderTarget, prefix: str, count: int) -> list[target
         targets.OutputFile(f"day={i % 4}/part-{prefix}-{i:05d}-0.parquet", i) for i in range(count)
     ]
     staged = {_staged(target, f.path): _content(f.path) for f in files}
-    for folder in {os.path.dirname(path) for path in staged}:
-        target.fs.makedirs(folder, exist_ok=True)  # a local disk needs the folders
+    for parent in {os.path.dirname(path) for path in staged}:
+        target.fs.makedirs(parent, exist_ok=True)  # a local disk needs the folders
     target.fs.pipe(staged)
     return files
 
@@ -271,7 +271,9 @@ def test_s3_commit_of_hundreds_of_files_keeps_its_order(s3, proxy):
     _SUCCESS, _SUCCESS before the first deletion of a replaced file, those deletions before
     the staging folder's; and copies did run side by side."""
     url = f"s3://{BUCKET}/scores"
-    target = targets.open_target(url, {"endpoint_url": proxy.url}, STAGING_KEY, commit_concurrency=8)
+    target = targets.open_target(
+        url, {"endpoint_url": proxy.url}, STAGING_KEY, commit_concurrency=8
+    )
     old = _stage(target, "old", FILES)
     _commit(target, old, "error", "old")
     _assert_exactly_committed(target, old, replaced=[])
@@ -300,7 +302,10 @@ def test_s3_commit_of_hundreds_of_files_keeps_its_order(s3, proxy):
     copies = [r for k, r in events if k == "start" and r.copy_source]
     assert len(copies) == FILES  # each file copied once; not one copy of an old file
     assert all("/part-new-" in r.key and "_staging" not in r.key for r in copies)
-    manifest, success = first("start", put(f"/{targets.MANIFEST}")), first("start", put("/_SUCCESS"))
+    manifest, success = (
+        first("start", put(f"/{targets.MANIFEST}")),
+        first("start", put("/_SUCCESS")),
+    )
     assert last("end", lambda r: r.copy_source is not None) < manifest
     assert last("end", deletes(".parquet.staged")) < manifest  # staged sources gone first
     assert last("end", put(f"/{targets.MANIFEST}")) < success

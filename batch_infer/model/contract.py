@@ -537,7 +537,10 @@ def merge_saved(derived: Contract, saved: dict[str, Any], where: str) -> Contrac
         )
     entries = saved.get("features")
     if not isinstance(entries, list):
-        raise ModelError(f"{where} has no list of features", "see the docs, Models and the input contract (docs/models.md)")
+        raise ModelError(
+            f"{where} has no list of features",
+            "see the docs, Models and the input contract (docs/models.md)",
+        )
     by_name: dict[str, FeatureSpec] = {}
     for entry in entries:
         try:

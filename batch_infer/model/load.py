@@ -535,7 +535,8 @@ def _saved_contract(config: ModelConfig, derived: Contract) -> tuple[Contract, s
         ) from None
     if not isinstance(saved, dict):
         raise ModelError(
-            f"contract file {url} must hold a JSON object", "see the docs, Models and the input contract (docs/models.md)"
+            f"contract file {url} must hold a JSON object",
+            "see the docs, Models and the input contract (docs/models.md)",
         )
     return merge_saved(derived, saved, url), hashlib.sha256(data).hexdigest()
 
