@@ -16,6 +16,7 @@ import logging
 import os
 import posixpath
 import time
+import uuid
 from typing import Any
 
 import fsspec
@@ -300,10 +301,12 @@ def write_bytes_atomically(fs: fsspec.AbstractFileSystem, path: str, data: bytes
     """Write a small file so that a reader sees all of it or none of it.
 
     An object store PUT is atomic already; on a local disk we write a temporary file and rename.
+    The temporary name is unique: two threads writing the same file (the same bytes, such as a
+    run's schema staged by two fragments at once) must not move each other's temporary away.
     """
     if is_local(fs):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp"
+        tmp = f"{path}.{uuid.uuid4().hex[:16]}.tmp"
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
     else:
